@@ -1,0 +1,79 @@
+"""Typed configuration of the plugin's algorithms, as verl sees ``config.algorithm``.
+
+verl turns ``config.algorithm`` into a dataclass through its ``_target_``. The stock ``AlgoConfig`` rejects unknown
+keys, so the YAML of this package points ``algorithm._target_`` at ``ThreeSPOAlgoConfig``: verl's ``AlgoConfig``
+plus one sub-config per algorithm of this package. Every 3SPO constant of DESIGN §2 is a field of
+``ThreeSPOConfig`` (Hydra key ``algorithm.threespo.<field>``) with the paper's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from verl.base_config import BaseConfig
+from verl.trainer.config.algorithm import AlgoConfig
+
+STEP_ADV_NORMS = ("mean_std", "mean")
+UPDATE_MODES = ("post_step", "post_trajectory")
+GIGPO_MODES = ("mean_std_norm", "mean_norm")
+
+
+@dataclass
+class ThreeSPOConfig(BaseConfig):
+    """3SPO constants (DESIGN §2); defaults are the paper's."""
+
+    # Eq.1 state score S(s) = exp(-lambda(t) SR(s)) * 1{N_fail < xi or SR > zeta}, lambda(t) = alpha log t
+    alpha: float = 50.0
+    xi: float = 10.0
+    zeta: float = 0.1
+    eps: float = 1e-6
+    # Eq.2 step reward: w = 0.5 exp(-omega_k N_total(s_t))
+    omega_k: float = 0.1
+    invalid_action_penalty: float = 0.1
+    # Eq.3 branching n(s) = ceil(G_max S(s))
+    g_max: int = 8
+    # Eq.4 step advantage within the children of one expanded node
+    step_adv_norm: str = "mean_std"
+    adv_eps: float = 1e-6
+    merge_identical_states: bool = False
+    # §2.5 exploration budget per task: env steps (null -> G x H = rollout.n x env.max_steps) and trajectories
+    env_step_budget: int | None = None
+    max_trajectories_per_task: int = 32
+    # §2.7 one actor update per expansion round (post_step) or per finished trees (post_trajectory)
+    update_mode: str = "post_step"
+    min_update_rows: int = 1
+
+    def __post_init__(self):
+        if self.step_adv_norm not in STEP_ADV_NORMS:
+            raise ValueError(f"algorithm.threespo.step_adv_norm={self.step_adv_norm!r}; valid: {STEP_ADV_NORMS}")
+        if self.update_mode not in UPDATE_MODES:
+            raise ValueError(f"algorithm.threespo.update_mode={self.update_mode!r}; valid: {UPDATE_MODES}")
+        if self.g_max < 1:
+            raise ValueError(f"algorithm.threespo.g_max must be >= 1, got {self.g_max}")
+
+
+@dataclass
+class GiGPOConfig(BaseConfig):
+    """GiGPO: episode advantage by task group + weight * anchor-state step advantage."""
+
+    # discount of the step returns used by the anchor-state groups
+    gamma: float = 0.95
+    # weight w of the step advantage: A = A_episode + w * A_step
+    step_advantage_w: float = 1.0
+    # "mean_std_norm": (x - mean) / (std + eps); "mean_norm": x - mean
+    mode: str = "mean_std_norm"
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.mode not in GIGPO_MODES:
+            raise ValueError(f"algorithm.gigpo.mode={self.mode!r}; valid: {GIGPO_MODES}")
+
+
+@dataclass
+class ThreeSPOAlgoConfig(AlgoConfig):
+    """verl's AlgoConfig plus this package's algorithm sections (``algorithm.threespo``, ``algorithm.gigpo``)."""
+
+    #: which of this package's algorithms the run uses: 3spo | grpo | gigpo | spa
+    name: str = "grpo"
+    threespo: ThreeSPOConfig = field(default_factory=ThreeSPOConfig)
+    gigpo: GiGPOConfig = field(default_factory=GiGPOConfig)
