@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install threespo_verl and its pinned dependencies into a virtual environment (default: ./.venv).
+#   bash scripts/install.sh [EXTRAS]        EXTRAS default: cpu,envs,plots,test
+# CPU machines get the local torch==2.13.0 CPU wheel first, so no requirement can pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${THREESPO_VENV:-.venv}"
+EXTRAS="${1:-cpu,envs,plots,test}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install --quiet --upgrade "pip>=24" 2>&1 | grep -v "is ignored" || true
+if [[ ",$EXTRAS," == *",cpu,"* ]]; then
+  python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+fi
+# editable_mode=compat puts the checkout on sys.path, so the hydra_plugins namespace package is found by Hydra
+python -m pip install --quiet -e ".[${EXTRAS}]" --config-settings editable_mode=compat 2>&1 | grep -v "is ignored" || true
+python -c "import threespo_verl, verl, torch; print(f'threespo_verl {threespo_verl.__version__} | verl {verl.__version__} | torch {torch.__version__}')"

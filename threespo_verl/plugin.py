@@ -1,0 +1,113 @@
+"""verl plugin entry point (``[project.entry-points."verl.plugins"] threespo = "threespo_verl.plugin"``).
+
+verl imports this module at the end of ``import verl`` in every process (driver, TaskRunner, workers), so every
+registry it fills is populated wherever verl runs. verl swallows plugin import errors at DEBUG level; this module
+therefore catches each component's failure itself and logs it at WARNING with the exception, and
+``check_registration()`` raises listing whatever is missing.
+
+Components (each one obvious place):
+
+* ``estimators`` -> ``threespo_verl.verl_glue.estimators`` (``register_adv_est``: ``3spo``, ``gigpo``)
+* ``configs``    -> ``hydra_plugins/threespo_verl_searchpath`` (``threespo_trainer`` + groups on Hydra's path)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+logger = logging.getLogger("threespo_verl.plugin")
+
+#: name -> (register function, check function returning a list of missing items); filled below
+_COMPONENTS: dict[str, tuple[Callable[[], None], Callable[[], list[str]]]] = {}
+#: name -> repr of the exception its registration raised
+_FAILURES: dict[str, str] = {}
+
+
+def _component(name: str):
+    def wrap(check: Callable[[], list[str]]):
+        def deco(register: Callable[[], None]):
+            _COMPONENTS[name] = (register, check)
+            return register
+
+        return deco
+
+    return wrap
+
+
+# ---- estimators ------------------------------------------------------------------------------------------------
+def _check_estimators() -> list[str]:
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+    from threespo_verl.verl_glue.estimators import REGISTERED_ESTIMATORS
+
+    return [f"adv estimator {n!r}" for n in REGISTERED_ESTIMATORS if n not in ADV_ESTIMATOR_REGISTRY]
+
+
+@_component("estimators")(_check_estimators)
+def _register_estimators() -> None:
+    from threespo_verl.verl_glue.estimators import register_estimators
+
+    register_estimators()
+
+
+# ---- Hydra configs ---------------------------------------------------------------------------------------------
+def _check_configs() -> list[str]:
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    names = {f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(SearchPathPlugin)}
+    want = "hydra_plugins.threespo_verl_searchpath.threespo_verl_searchpath.ThreeSPOSearchPathPlugin"
+    missing = [] if want in names else [f"Hydra search-path plugin {want}"]
+    if importlib.util.find_spec("threespo_verl.config") is None:
+        missing.append("config package threespo_verl.config")
+    return missing
+
+
+@_component("configs")(_check_configs)
+def _register_configs() -> None:
+    # Hydra discovers the search-path plugin by itself (hydra_plugins namespace); importing it here surfaces
+    # an installation problem (e.g. hydra_plugins not on sys.path) as a WARNING instead of a silent miss.
+    importlib.import_module("hydra_plugins.threespo_verl_searchpath.threespo_verl_searchpath")
+
+
+def register_all() -> dict[str, str]:
+    """Register every component; log a WARNING (with the exception) for each that fails. Returns the failures."""
+    for name, (register, _check) in _COMPONENTS.items():
+        try:
+            register()
+            _FAILURES.pop(name, None)
+        except Exception as exc:  # noqa: BLE001 - a plugin must never break `import verl`
+            _FAILURES[name] = repr(exc)
+            logger.warning("threespo_verl: registering %s failed: %r", name, exc, exc_info=True)
+    return dict(_FAILURES)
+
+
+class RegistrationError(RuntimeError):
+    pass
+
+
+def check_registration() -> None:
+    """Raise ``RegistrationError`` listing every component verl cannot see (and why registration failed)."""
+    missing: list[str] = []
+    for name, (_register, check) in _COMPONENTS.items():
+        try:
+            missing += check()
+        except Exception as exc:  # noqa: BLE001
+            missing.append(f"{name} (check failed: {exc!r})")
+        if name in _FAILURES:
+            missing.append(f"{name} registration raised {_FAILURES[name]}")
+    if missing:
+        raise RegistrationError(
+            "threespo_verl plugin is not fully registered in this process:\n  - "
+            + "\n  - ".join(missing)
+            + "\nIs the package installed in this Python (pip install -e .) and VERL_USE_EXTERNAL_PLUGINS not 'none'?"
+        )
+
+
+def components() -> list[str]:
+    return list(_COMPONENTS)
+
+
+register_all()
