@@ -1,0 +1,106 @@
+"""Composition of ``threespo_trainer`` with each algorithm / env option, read back key by key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from threespo_verl.main import group_options, validate_overrides
+from threespo_verl.verl_glue.config import GiGPOConfig, ThreeSPOAlgoConfig, ThreeSPOConfig
+
+
+def _compose(*overrides: str):
+    # verl's config module as the primary path: proves the search-path plugin makes ours visible to verl's app
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose(config_name="threespo_trainer", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "algo, estimator", [("3spo", "3spo"), ("grpo", "grpo"), ("gigpo", "gigpo")]
+)
+def test_algorithm_group_sets_name_and_estimator(algo, estimator):
+    cfg = _compose(f"algorithm={algo}")
+    assert cfg.algorithm.name == algo
+    assert cfg.algorithm.adv_estimator == estimator
+    # verl's own algorithm keys survive next to ours
+    assert cfg.algorithm.gamma == 1.0 and "kl_ctrl" in cfg.algorithm and "rollout_correction" in cfg.algorithm
+    # every 3SPO constant of DESIGN §2 is a key under algorithm.threespo, with the paper's default
+    t = cfg.algorithm.threespo
+    assert (t.alpha, t.xi, t.zeta, t.eps, t.omega_k, t.invalid_action_penalty, t.g_max) == (
+        50.0, 10.0, 0.1, 1e-6, 0.1, 0.1, 8
+    )
+    assert (t.step_adv_norm, t.merge_identical_states, t.update_mode, t.max_trajectories_per_task) == (
+        "mean_std", False, "post_step", 32
+    )
+    assert t.env_step_budget is None and t.min_update_rows == 1
+
+
+def test_yaml_keys_equal_dataclass_fields():
+    cfg = _compose("algorithm=3spo")
+    fields = lambda dc: {f for f in dc.__dataclass_fields__ if not f.startswith("_")}  # noqa: E731
+    assert set(cfg.algorithm.threespo) - {"_target_"} == fields(ThreeSPOConfig)
+    assert set(cfg.algorithm.gigpo) - {"_target_"} == fields(GiGPOConfig)
+    # and the defaults agree, so the YAML and the dataclass cannot drift apart
+    for dc, node in ((ThreeSPOConfig(), cfg.algorithm.threespo), (GiGPOConfig(), cfg.algorithm.gigpo)):
+        for key in fields(type(dc)):
+            assert node[key] == getattr(dc, key), key
+
+
+def test_algorithm_config_instantiates_through_verl():
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = _compose("algorithm=gigpo", "algorithm.gigpo.mode=mean_norm", "algorithm.threespo.g_max=4")
+    algo = omega_conf_to_dataclass(cfg.algorithm)
+    assert isinstance(algo, ThreeSPOAlgoConfig)
+    assert isinstance(algo.threespo, ThreeSPOConfig) and algo.threespo.g_max == 4
+    assert isinstance(algo.gigpo, GiGPOConfig) and algo.gigpo.mode == "mean_norm"
+    assert algo.adv_estimator == "gigpo"
+
+
+def test_bad_enum_value_is_rejected_with_valid_values():
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = _compose("algorithm.threespo.step_adv_norm=median")
+    with pytest.raises(Exception, match="mean_std"):
+        omega_conf_to_dataclass(cfg.algorithm)
+
+
+@pytest.mark.parametrize("env, steps", [("household", 30), ("alfworld", 50), ("webshop", 15)])
+def test_env_group(env, steps):
+    cfg = _compose(f"env={env}")
+    assert cfg.env.name == env and cfg.env.max_steps == steps and cfg.env.history_length == 2
+
+
+def test_group_options_and_unknown_names():
+    assert group_options("algorithm") == ["3spo", "gigpo", "grpo"]
+    assert group_options("env") == ["alfworld", "household", "webshop"]
+    validate_overrides(["algorithm=3spo", "env=webshop", "trainer.total_training_steps=3"])
+    with pytest.raises(SystemExit, match=r"unknown algorithm 'ppo'; valid values: 3spo, gigpo, grpo"):
+        validate_overrides(["algorithm=ppo"])
+    with pytest.raises(SystemExit, match=r"unknown env 'minigrid'; valid values: alfworld, household, webshop"):
+        validate_overrides(["env=minigrid"])
+
+
+def test_main_rejects_unknown_algorithm_in_a_subprocess():
+    proc = subprocess.run(
+        [sys.executable, "-m", "threespo_verl.main", "algorithm=dqn"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "unknown algorithm 'dqn'; valid values: 3spo, gigpo, grpo" in proc.stderr
+
+
+def test_verl_entry_point_composes_threespo_trainer():
+    """`python -m verl.trainer.main_ppo --config-name threespo_trainer` resolves through the search-path plugin."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "threespo_trainer", "algorithm=gigpo",
+         "env=alfworld", "--cfg", "job", "--resolve"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = OmegaConf.create(proc.stdout)
+    assert job.algorithm.adv_estimator == "gigpo" and job.env.name == "alfworld"
+    assert job.algorithm.threespo.alpha == 50.0
