@@ -1,0 +1,174 @@
+"""3SPO equations (DESIGN §2) on hand-computed fixtures, boundaries, and hypothesis invariants."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from threespo_verl.algos.threespo import (
+    branching,
+    group_step_advantage,
+    lambda_t,
+    merge_group_ids,
+    novelty_weight,
+    state_score,
+    step_reward,
+    success_rate,
+)
+
+EPS = 1e-6
+
+
+# ---- Eq.1 state score -------------------------------------------------------------------------------------------
+def test_lambda_and_success_rate():
+    assert lambda_t(1, 50) == 0.0
+    assert lambda_t(math.e**2, 50) == pytest.approx(100.0)
+    assert success_rate(4, 1) == pytest.approx(1 / (4 + EPS))
+    with pytest.raises(ValueError):
+        lambda_t(0.5)
+
+
+def test_unseen_state_scores_one_at_any_t():
+    assert state_score([0, 0], [0, 0], t=1000).tolist() == [1.0, 1.0]
+
+
+def test_hand_computed_scores():
+    # N_total=4, N_success=1 at t=3: SR = 1/(4+eps), N_fail = 3 < 10 -> exp(-50 ln3 * SR)
+    sr = 1 / (4 + EPS)
+    assert state_score(4, 1, t=3) == pytest.approx(math.exp(-50 * math.log(3) * sr))
+    # t = 1: lambda = 0, so any kept state scores 1
+    assert state_score(4, 1, t=1) == pytest.approx(1.0)
+    # never solved, few failures: SR = 0 -> exp(0) = 1 (worth exploring)
+    assert state_score(9, 0, t=50) == pytest.approx(1.0)
+
+
+def test_truncation_boundaries_are_strict():
+    # N_fail = xi = 10 and SR = 0 <= zeta: pruned
+    assert state_score(10, 0, t=5) == 0.0
+    # N_fail = 9 < xi: kept
+    assert state_score(9, 0, t=5) == 1.0
+    # N_fail = 18 >= xi; SR = 2/(20+eps) < zeta = 0.1 (eps makes it just below): pruned
+    assert state_score(20, 2, t=5) == 0.0
+    # with eps = 0, SR = zeta exactly: strict '>' still prunes
+    assert state_score(20, 2, t=5, eps=0.0) == 0.0
+    # SR just above zeta keeps it: N=20, S=3 -> SR=0.15
+    assert state_score(20, 3, t=5) == pytest.approx(math.exp(-50 * math.log(5) * 3 / (20 + EPS)))
+
+
+def test_score_decays_as_t_grows_for_solved_states():
+    scores = state_score(np.full(5, 10), np.full(5, 5), t=np.array([1, 2, 10, 100, 1000]))
+    assert scores[0] == 1.0 and np.all(np.diff(scores) < 0)
+
+
+# ---- Eq.2 novelty weight and step reward ------------------------------------------------------------------------
+def test_novelty_weight_decays():
+    w = novelty_weight([0, 1, 10, 100], omega_k=0.1)
+    assert w[0] == 0.5 and w[1] == pytest.approx(0.5 * math.exp(-0.1)) and w[2] == pytest.approx(0.5 / math.e)
+    assert np.all(np.diff(w) < 0)
+
+
+def test_step_reward_hand_computed():
+    # N_total(s_t) = 10 -> w = 0.5/e; novel move from S=0.8 to S=0.3, not terminal
+    w = 0.5 / math.e
+    r = step_reward(score_t=0.8, score_t1=0.3, n_total_t=10, novel=True, won=False, terminal=False, invalid=False)
+    assert r.novelty == pytest.approx(w)
+    assert r.score_diff == pytest.approx((0.5 - w) * 0.5)
+    assert r.success == 0.0 and r.penalty == 0.0
+    assert r.total == pytest.approx(w + (0.5 - w) * 0.5)
+
+
+def test_terminal_success_is_zero_or_one_not_env_score():
+    r = step_reward(1.0, 1.0, 0, novel=True, won=True, terminal=True, invalid=False)
+    assert r.success == 0.5 and r.total == pytest.approx(0.5 + 0.5)  # w=0.5 novelty + 0.5 success
+    # won flag on a non-terminal transition does not pay
+    assert step_reward(1.0, 1.0, 0, True, won=True, terminal=False, invalid=False).success == 0.0
+
+
+def test_invalid_action_is_no_state_change_and_penalised():
+    r = step_reward(score_t=0.9, score_t1=0.1, n_total_t=0, novel=True, won=False, terminal=False, invalid=True,
+                    invalid_action_penalty=0.1)
+    assert r.novelty == 0.0 and r.score_diff == 0.0 and r.penalty == 0.1 and r.total == pytest.approx(-0.1)
+
+
+def test_step_reward_vectorised():
+    r = step_reward([1.0, 0.5], [0.5, 0.5], [0, 0], novel=[True, False], won=[False, True], terminal=[False, True],
+                    invalid=[False, False])
+    assert r.total.shape == (2,)
+    assert r.total.tolist() == pytest.approx([0.5 + 0.0 * 0.5, 0.5])
+
+
+# ---- Eq.3 branching ----------------------------------------------------------------------------------------------
+def test_branching_hand_computed():
+    assert branching([1.0, 0.25, 0.126, 0.125, 0.01, 0.0]).tolist() == [8, 2, 2, 1, 1, 0]
+    assert branching(0.5, g_max=4).tolist() == 2
+    # float fuzz: 0.1 * 0.3 ... products that are integers in exact arithmetic do not gain a branch
+    assert branching(3 / 8) == 3 and branching(0.7 * 10 / 8 - 0.0, g_max=8) == 7
+
+
+@given(st.floats(0, 1), st.integers(1, 16))
+def test_branching_range(score, g):
+    n = int(branching(score, g_max=g))
+    assert 0 <= n <= g and (n == 0) == (score == 0.0)
+
+
+# ---- Eq.4 step advantage ------------------------------------------------------------------------------------------
+def test_group_advantage_hand_computed():
+    r = [1.0, 0.0, 0.5, 0.2]
+    g = ["p1", "p1", "p1", "p2"]
+    # group p1: mean 0.5, unbiased std 0.5; p2 singleton -> 0
+    a = group_step_advantage(r, g, norm="mean_std", eps=0.0)
+    assert a.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0])
+    assert group_step_advantage(r, g, norm="mean").tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
+
+
+def test_identical_rewards_give_zero_not_nan():
+    a = group_step_advantage([0.3, 0.3, 0.3], ["p"] * 3)
+    assert np.all(a == 0.0)
+
+
+def test_padding_rows_are_excluded():
+    r = [1.0, 0.0, 99.0]
+    a = group_step_advantage(r, ["p", "p", "p"], valid=[True, True, False], eps=0.0)
+    # (1, 0): mean 0.5, unbiased std sqrt(0.5) -> +-0.5/sqrt(0.5) = +-sqrt(0.5)
+    assert a.tolist() == pytest.approx([0.5 ** 0.5, -(0.5 ** 0.5), 0.0])
+
+
+def test_merge_identical_states_pools_groups():
+    ids = merge_group_ids(["t1", "t1", "t1", "t2"], [3, 3, 3, 3], ["kA", "kA", "kB", "kA"])
+    assert ids[0] == ids[1] != ids[2] and ids[0] != ids[3]
+
+
+rows = st.lists(
+    st.tuples(st.floats(-5, 5, allow_nan=False), st.integers(0, 5), st.booleans()), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows)
+def test_mean_norm_groups_sum_to_zero_and_singletons_are_zero(data):
+    r = np.array([x[0] for x in data])
+    g = np.array([x[1] for x in data])
+    valid = np.array([x[2] for x in data])
+    a = group_step_advantage(r, g, valid=valid, norm="mean")
+    assert np.all(a[~valid] == 0.0)
+    for gid in np.unique(g[valid]):
+        members = valid & (g == gid)
+        assert abs(a[members].sum()) < 1e-9
+        if members.sum() == 1:
+            assert a[members][0] == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows, st.floats(-100, 100), st.integers(0, 5))
+def test_padding_rows_never_join_a_group(data, pad_reward, pad_group):
+    r = np.array([x[0] for x in data])
+    g = np.array([x[1] for x in data])
+    valid = np.array([x[2] for x in data])
+    base = group_step_advantage(r, g, valid=valid)
+    r2, g2 = np.append(r, pad_reward), np.append(g, pad_group)
+    padded = group_step_advantage(r2, g2, valid=np.append(valid, False))
+    assert np.array_equal(padded[:-1], base) and padded[-1] == 0.0
