@@ -47,3 +47,17 @@ def test_registration_is_idempotent():
     assert plugin.register_all() == {}
     assert plugin.register_all() == {}
     plugin.check_registration()
+
+
+def test_registration_survives_importing_our_config_before_verl():
+    """Importing a module that imports verl first (our config dataclasses) must not break the plugin's load."""
+    import subprocess
+    import sys
+
+    code = ("import threespo_verl.verl_glue.config\n"
+            "import threespo_verl.plugin as p\n"
+            "assert p._FAILURES == {}, p._FAILURES\n"
+            "p.check_registration()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "registering" not in proc.stderr

@@ -63,7 +63,6 @@ def test_lookup_by_hash_equals_lookup_by_string():
 
 
 def test_scores_use_the_committed_t():
-    pytest.importorskip("threespo_verl.algos.threespo")
     s = StateStore()
     assert s.scores(["new"]).tolist() == [1.0]  # unseen state
     s.record_trajectory(["x"], success=True)

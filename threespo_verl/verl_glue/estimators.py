@@ -18,7 +18,6 @@ from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 from threespo_verl.algos.gigpo import gigpo_advantage
 from threespo_verl.algos.threespo import group_step_advantage, merge_group_ids
 from threespo_verl.verl_glue import row_meta as rm
-from threespo_verl.verl_glue.config import GiGPOConfig, ThreeSPOConfig
 
 REGISTERED_ESTIMATORS = ("3spo", "gigpo")
 
@@ -56,6 +55,8 @@ def compute_3spo_step_advantage(token_level_rewards: torch.Tensor, response_mask
     Groups are ``parent_node_id`` (or, with ``algorithm.threespo.merge_identical_states``, parents sharing a state
     key within one task and round); singleton groups and padding rows get 0.
     """
+    from threespo_verl.verl_glue.config import ThreeSPOConfig  # lazy: verl imports this module while importing itself
+
     cfg = _section(config, "threespo", ThreeSPOConfig())
     n = token_level_rewards.shape[0]
     need = rm.REQUIRED["3spo_merged" if cfg["merge_identical_states"] else "3spo"]
@@ -72,6 +73,8 @@ def compute_3spo_step_advantage(token_level_rewards: torch.Tensor, response_mask
 def compute_gigpo_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index=None,
                             config: Any = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """GiGPO: A = A_episode(task group) + w * A_step(task, anchor state) on discounted step returns."""
+    from threespo_verl.verl_glue.config import GiGPOConfig
+
     cfg = _section(config, "gigpo", GiGPOConfig())
     n = token_level_rewards.shape[0]
     meta = rm.require_row_metadata("gigpo", rm.REQUIRED["gigpo"], n)
