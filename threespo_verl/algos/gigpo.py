@@ -15,38 +15,54 @@ Step level (rows of one task that acted from the same anchor state form a group)
 
     A       = A_E + w * A_S
 
-norm is ``mean_std_norm`` ((x - mean) / (std + eps)) or ``mean_norm`` (x - mean); singleton groups give 0 and
-padding rows never join a group (threespo_verl.algos.grouping).
+norm is ``mean_std_norm`` ((x - mean) / (std + eps), unbiased std as verl's GRPO and 3SPO's Eq.4) or ``mean_norm``
+(x - mean); singleton groups give 0 (verl-agent would pass the raw value through) and padding rows never join a
+group, a trajectory or a return (threespo_verl.algos.grouping). A trajectory is keyed by (task_id, traj_id) and an
+anchor group by (task_id, state_key): the same state key in two tasks is two groups.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from threespo_verl.algos.grouping import group_index, group_normalize
+from threespo_verl.algos.grouping import combine_ids, group_normalize
 
 MODES = {"mean_std_norm": "mean_std", "mean_norm": "mean"}
 
 
 def discounted_returns(step_rewards, traj_ids, step_index, gamma: float) -> np.ndarray:
-    """G_t = sum_{k>=0} gamma^k r_{t+k} within each trajectory (rows in any order; steps ordered by step_index)."""
+    """G_t = sum_{k>=0} gamma^k r_{t+k} within each trajectory.
+
+    Rows may come in any order; a trajectory's steps are ordered by ``step_index`` (consecutive rows of one
+    trajectory are consecutive steps, gaps in the numbering are not discounted). Computed by the reverse recursion
+    G_t = r_t + gamma * G_{t+1}, vectorised over trajectories: one numpy pass per step position (H passes for
+    trajectories of at most H steps, O(rows) work in all), exact, no gamma^-t factors to overflow.
+    """
     r = np.asarray(step_rewards, dtype=np.float64)
     n = r.shape[0]
-    if n == 0:
-        return r.copy()
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    traj, _ = group_index(traj_ids)
+    if n == 0:
+        return r.copy()
+    traj, _ = combine_ids(traj_ids)
     step = np.asarray(step_index, dtype=np.int64)
-    # rows of each trajectory from its last step to its first: a reverse scan G_t = r_t + gamma * G_{t+1}
-    order = np.lexsort((-step, traj))
-    r_o, traj_o = r[order], traj[order]
-    g = np.empty(n)
-    start = np.r_[True, traj_o[1:] != traj_o[:-1]]
-    acc = 0.0
-    for i in range(n):  # one pass, O(rows); float recursion avoids gamma^t under/overflow of closed forms
-        acc = r_o[i] + (0.0 if start[i] else gamma * acc)
-        g[i] = acc
+    if step.shape != (n,) or traj.shape != (n,):
+        raise ValueError(f"{n} rewards but {traj.shape[0]} trajectory ids and {step.shape[0]} step indices")
+    order = np.lexsort((step, traj))  # trajectory by trajectory, steps ascending
+    traj_o, step_o = traj[order], step[order]
+    same_next = traj_o[1:] == traj_o[:-1]
+    if np.any(same_next & (step_o[1:] == step_o[:-1])):
+        raise ValueError("a trajectory has two rows with the same step_index")
+    # steps to the end of its trajectory for each (sorted) row: 0 for the last step
+    first = np.r_[True, ~same_next]
+    last = np.r_[~same_next, True]
+    to_end = np.flatnonzero(last)[np.cumsum(first) - 1] - np.arange(n)
+    g = r[order].copy()
+    by_to_end = np.argsort(to_end, kind="stable")
+    bounds = np.searchsorted(to_end[by_to_end], np.arange(1, int(to_end.max()) + 2))
+    for k in range(1, int(to_end.max()) + 1):  # G_t = r_t + gamma G_{t+1}, all rows k steps from their end at once
+        rows = by_to_end[bounds[k - 1]:bounds[k]]
+        g[rows] += gamma * g[rows + 1]
     out = np.empty(n)
     out[order] = g
     return out
@@ -54,27 +70,29 @@ def discounted_returns(step_rewards, traj_ids, step_index, gamma: float) -> np.n
 
 def episode_advantage(step_rewards, task_ids, traj_ids, mode: str = "mean_std_norm",
                       eps: float = 1e-6) -> np.ndarray:
-    """A_E per row: the trajectory's return normalised among the trajectories of its task (each counted once)."""
+    """A_E per row: the trajectory's return R(tau) = sum_t r_t normalised among the trajectories of its task
+    (each trajectory counted once, whatever its length), broadcast to the trajectory's rows. A trajectory is
+    identified by (task_id, traj_id), so trajectory ids only need to be unique within a task."""
     norm = _norm(mode)
     r = np.asarray(step_rewards, dtype=np.float64)
-    traj, n_traj = group_index(traj_ids)
-    if n_traj == 0:
-        return np.zeros_like(r)
+    if r.shape[0] == 0:
+        return r.copy()
+    traj, n_traj = combine_ids(task_ids, traj_ids)
     returns = np.bincount(traj, weights=r, minlength=n_traj)
-    # the task of each trajectory (taken from its first row)
-    _, first_row = np.unique(traj, return_index=True)
-    traj_task = np.asarray(task_ids)[first_row]
+    task, _ = combine_ids(task_ids)
+    traj_task = np.zeros(n_traj, dtype=np.int64)
+    traj_task[traj] = task  # every row of a trajectory has the same task (part of its key)
     adv_traj = group_normalize(returns, traj_task, norm=norm, eps=eps)
     return adv_traj[traj]
 
 
 def step_advantage(step_rewards, task_ids, traj_ids, step_index, state_keys, gamma: float,
                    mode: str = "mean_std_norm", eps: float = 1e-6) -> np.ndarray:
-    """A_S per row: the discounted return G_t normalised within its (task, anchor state) group."""
+    """A_S per row: the discounted return G_t normalised within its anchor-state group, i.e. the rows of one task
+    whose action was taken in the same state (same ``state_key``), across and within trajectories."""
     norm = _norm(mode)
-    returns = discounted_returns(step_rewards, traj_ids, step_index, gamma)
-    anchors = np.array([f"{t}\x1f{k}" for t, k in zip(task_ids, state_keys)], dtype=object)
-    return group_normalize(returns, anchors, norm=norm, eps=eps)
+    returns = discounted_returns(step_rewards, combine_ids(task_ids, traj_ids)[0], step_index, gamma)
+    return group_normalize(returns, combine_ids(task_ids, state_keys)[0], norm=norm, eps=eps)
 
 
 def gigpo_advantage(step_rewards, task_ids, traj_ids, step_index, state_keys, gamma: float = 0.95,

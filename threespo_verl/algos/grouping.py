@@ -8,8 +8,12 @@ For rows i with group g(i) and a validity mask (padding rows are invalid):
     "mean_std": A_i = (x_i - mean_g) / (std_g + eps)
     "mean":     A_i =  x_i - mean_g
 
-Groups with a single valid row get A = 0 (there is nothing to compare with); invalid rows get A = 0 and are
-excluded from every group's statistics.
+Groups with a single valid row get A = 0 (there is nothing to compare with; verl's GRPO does the same, verl-agent's
+GiGPO would return the raw value); invalid rows get A = 0 and are excluded from every group's statistics. A group
+whose values are all equal gets A = 0 in both norms (never nan, also with eps = 0).
+
+Group labels can be anything ``np.unique`` sorts (ints, strings, object arrays of str); composite labels such as
+(task, anchor state) are built with ``combine_ids`` from the columns themselves, never by joining strings.
 """
 
 from __future__ import annotations
@@ -17,6 +21,32 @@ from __future__ import annotations
 import numpy as np
 
 NORMS = ("mean_std", "mean")
+
+
+def dense_ids(ids) -> tuple[np.ndarray, int]:
+    """Dense int64 codes 0..k-1 of a 1-D label array (equal labels, equal codes) and the number of labels k."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"group labels must be 1-D, got shape {ids.shape}")
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    uniq, inv = np.unique(ids, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64, copy=False), int(uniq.shape[0])
+
+
+def combine_ids(*columns) -> tuple[np.ndarray, int]:
+    """Dense codes of the row-wise tuples ``(columns[0][i], columns[1][i], ...)``: rows get the same code exactly
+    when they agree on every column. Vectorised; collision-free (no string joining), int64 never overflows because
+    the codes are re-densified after each column."""
+    if not columns:
+        raise ValueError("combine_ids needs at least one column")
+    acc, k = dense_ids(columns[0])
+    for col in columns[1:]:
+        code, m = dense_ids(col)
+        if code.shape != acc.shape:
+            raise ValueError(f"columns have different lengths: {acc.shape[0]} and {code.shape[0]}")
+        acc, k = dense_ids(acc * m + code)
+    return acc, k
 
 
 def group_index(group_ids, valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -27,11 +57,16 @@ def group_index(group_ids, valid: np.ndarray | None = None) -> tuple[np.ndarray,
     if valid.shape != (n,):
         raise ValueError(f"valid mask has shape {valid.shape}, expected ({n},)")
     inv = np.full(n, -1, dtype=np.int64)
-    if valid.any():
-        _, dense = np.unique(ids[valid], return_inverse=True)
-        inv[valid] = dense.reshape(-1)
-        return inv, int(dense.max()) + 1
-    return inv, 0
+    dense, k = dense_ids(ids[valid])
+    inv[valid] = dense
+    return inv, k
+
+
+def group_sizes(group_ids, valid=None) -> np.ndarray:
+    """Number of valid rows in the group of each row (0 for invalid rows): ``== 1`` marks singleton rows."""
+    inv, k = group_index(group_ids, valid)
+    counts = np.bincount(inv[inv >= 0], minlength=k)
+    return np.where(inv >= 0, counts[np.maximum(inv, 0)] if k else 0, 0)
 
 
 def group_normalize(x, group_ids, valid=None, norm: str = "mean_std", eps: float = 1e-6) -> np.ndarray:
@@ -40,20 +75,25 @@ def group_normalize(x, group_ids, valid=None, norm: str = "mean_std", eps: float
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     x = np.asarray(x, dtype=np.float64)
     inv, n_groups = group_index(group_ids, valid)
+    if inv.shape != x.shape:
+        raise ValueError(f"{x.shape[0]} values but {inv.shape[0]} group labels")
     out = np.zeros_like(x)
     if n_groups == 0:
         return out
     m = inv >= 0
     g = inv[m]
     counts = np.bincount(g, minlength=n_groups)
-    mean = np.bincount(g, weights=x[m], minlength=n_groups) / counts
-    dev = x[m] - mean[g]
+    # deviations around a member of each group (any member): a group of equal values gets dev = 0 exactly
+    xm = x[m]
+    shift = np.zeros(n_groups)
+    shift[g] = xm
+    y = xm - shift[g]
+    dev = y - (np.bincount(g, weights=y, minlength=n_groups) / counts)[g]
     adv = dev
     if norm == "mean_std":
         ss = np.bincount(g, weights=dev * dev, minlength=n_groups)
         std = np.sqrt(ss / np.maximum(counts - 1, 1))
         denom = std[g] + eps
         adv = np.divide(dev, denom, out=np.zeros_like(dev), where=denom > 0)  # identical values -> 0, not nan
-    adv = np.where(counts[g] > 1, adv, 0.0)
-    out[m] = adv
+    out[m] = np.where(counts[g] > 1, adv, 0.0)
     return out

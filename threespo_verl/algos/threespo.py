@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from threespo_verl.algos.grouping import group_normalize
+from threespo_verl.algos.grouping import combine_ids, group_normalize, group_sizes
 
 
 def lambda_t(t, alpha: float = 50.0) -> np.ndarray:
@@ -38,6 +38,8 @@ def state_score(n_total, n_success, t, alpha: float = 50.0, xi: float = 10.0, ze
     """
     n_total = np.asarray(n_total, dtype=np.float64)
     n_success = np.asarray(n_success, dtype=np.float64)
+    if np.any(n_success < 0) or np.any(n_success > n_total):
+        raise ValueError("state counts need 0 <= N_success <= N_total")
     sr = success_rate(n_total, n_success, eps)
     n_fail = n_total - n_success
     keep = (n_fail < xi) | (sr > zeta)
@@ -99,13 +101,28 @@ def group_step_advantage(rewards, group_ids, valid=None, norm: str = "mean_std",
 
         mean_std: A_i = (R_i - mean_g) / (std_g + eps)        mean: A_i = R_i - mean_g
 
-    ``group_ids`` is the parent node of each row (all children of one node form one group); singleton groups get
-    0; rows with ``valid = False`` (padding) get 0 and never join a group. std is unbiased (as verl's GRPO).
+    ``group_ids`` labels the group of each row (the children of one expanded node; build it with
+    ``step_group_ids``); singleton groups get 0; rows with ``valid = False`` (padding) get 0 and never join a group.
+    std is the unbiased one (n_g - 1), as torch.std in verl's GRPO and as in ``gigpo``.
     """
     return group_normalize(rewards, group_ids, valid=valid, norm=norm, eps=eps)
 
 
+def step_group_ids(task_ids, parent_node_ids) -> np.ndarray:
+    """Eq.4 groups: rows sampled from the same node of the same task's tree. Keyed by (task, parent node) so node
+    ids only need to be unique within a task's tree. Dense int64 labels."""
+    return combine_ids(task_ids, parent_node_ids)[0]
+
+
 def merge_group_ids(task_ids, rounds, parent_state_keys) -> np.ndarray:
-    """Group ids for ``merge_identical_states`` (DESIGN §2.4): the children of parents that share a state key
-    within one task and one round are pooled into one group. Returns an object array of group labels."""
-    return np.array([f"{t}\x1f{r}\x1f{k}" for t, r, k in zip(task_ids, rounds, parent_state_keys)], dtype=object)
+    """Eq.4 groups with ``merge_identical_states`` (DESIGN §2.4): the children of all parents that share a state
+    key within one task and one round are pooled into one group. ``parent_state_keys`` is the key of the state the
+    row's action was taken in (its parent's state). Dense int64 labels (vectorised, no string joining)."""
+    return combine_ids(task_ids, rounds, parent_state_keys)[0]
+
+
+def singleton_rate(group_ids, valid=None) -> float:
+    """Fraction of valid rows alone in their group (their Eq.4 advantage is 0): a metric of DESIGN §7."""
+    sizes = group_sizes(group_ids, valid)
+    n = int((sizes > 0).sum())
+    return float((sizes == 1).sum() / n) if n else 0.0

@@ -9,6 +9,7 @@ from the per-row metadata (``row_meta``). Each row's scalar advantage is broadca
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -16,80 +17,97 @@ import torch
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 
 from threespo_verl.algos.gigpo import gigpo_advantage
-from threespo_verl.algos.threespo import group_step_advantage, merge_group_ids
+from threespo_verl.algos.threespo import group_step_advantage, merge_group_ids, step_group_ids
 from threespo_verl.verl_glue import row_meta as rm
 
 REGISTERED_ESTIMATORS = ("3spo", "gigpo")
 
 
-def _section(config: Any, name: str, defaults: Any) -> dict[str, Any]:
-    """``config.<name>`` as a plain dict over the dataclass's fields, missing keys taking the defaults."""
+def _section(config: Any, name: str, cls: type) -> Any:
+    """``config.<name>`` as an instance of the dataclass ``cls`` (validated by its ``__post_init__``).
+
+    ``config`` is whatever verl hands over: the ``ThreeSPOAlgoConfig`` dataclass, the raw ``config.algorithm``
+    DictConfig (v1 trainer), a dict, or None. A missing section or key (or an explicit null) takes the default.
+    """
     node = None
     if config is not None:
         node = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
-    out = {}
-    for field in defaults.__dataclass_fields__:
-        if field.startswith("_"):
+    if isinstance(node, cls):
+        return node
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name.startswith("_") or node is None:
             continue
-        value = None
-        if node is not None:
-            value = node.get(field, None) if hasattr(node, "get") else getattr(node, field, None)
-        out[field] = getattr(defaults, field) if value is None else value
-    return out
+        value = node.get(field.name, None) if hasattr(node, "get") else getattr(node, field.name, None)
+        if value is not None:
+            values[field.name] = value
+    return cls(**values)
 
 
-def _broadcast(adv_rows: np.ndarray, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    adv = torch.as_tensor(adv_rows, dtype=torch.float32, device=response_mask.device).unsqueeze(-1)
-    adv = adv * response_mask.to(torch.float32)
+def _row_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> np.ndarray:
+    """R per row = sum of its token-level rewards over the response (the step reward sits on the last token)."""
+    return (token_level_rewards * response_mask).sum(-1).detach().to("cpu", torch.float64).numpy()
+
+
+def _broadcast(adv_rows: np.ndarray, token_level_rewards: torch.Tensor,
+               response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns): the row's scalar on every response token, 0 elsewhere (returns = advantages, as GRPO)."""
+    adv = torch.as_tensor(adv_rows, dtype=token_level_rewards.dtype, device=response_mask.device).unsqueeze(-1)
+    adv = adv * response_mask.to(adv.dtype)
     return adv, adv.clone()
 
 
-def _pad_mask(meta: dict[str, np.ndarray]) -> np.ndarray:
+def _valid_rows(meta: dict[str, np.ndarray]) -> np.ndarray:
     return ~np.asarray(meta[rm.IS_PAD], dtype=bool)
 
 
 def compute_3spo_step_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index=None,
                                 config: Any = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """3SPO step advantage (Eq.4): each row's step reward R normalised among the children of its parent node.
+    """3SPO step advantage (Eq.4): each row's step reward R normalised among the children of its parent node::
 
-    Groups are ``parent_node_id`` (or, with ``algorithm.threespo.merge_identical_states``, parents sharing a state
-    key within one task and round); singleton groups and padding rows get 0.
+        mean_std: A_i = (R_i - mean_g) / (std_g + adv_eps)        mean: A_i = R_i - mean_g
+
+    Groups g are (task_id, parent_node_id) or, with ``algorithm.threespo.merge_identical_states``, (task_id,
+    round, state_key): the children of all parents in the same state in one round. Singleton groups and padding
+    rows get 0. ``index`` (verl's uid) is not used: the groups come from the row metadata (``row_meta``).
     """
     from threespo_verl.verl_glue.config import ThreeSPOConfig  # lazy: verl imports this module while importing itself
 
-    cfg = _section(config, "threespo", ThreeSPOConfig())
-    n = token_level_rewards.shape[0]
-    need = rm.REQUIRED["3spo_merged" if cfg["merge_identical_states"] else "3spo"]
-    meta = rm.require_row_metadata("3spo", need, n)
-    rewards = (token_level_rewards * response_mask).sum(-1).detach().cpu().double().numpy()
-    groups = meta[rm.PARENT_NODE_ID]
-    if cfg["merge_identical_states"]:
+    cfg = _section(config, "threespo", ThreeSPOConfig)
+    meta = rm.require_row_metadata("3spo", rm.required_fields("3spo", merge_identical_states=cfg.merge_identical_states),
+                                   token_level_rewards.shape[0])
+    if cfg.merge_identical_states:
         groups = merge_group_ids(meta[rm.TASK_ID], meta[rm.ROUND], meta[rm.STATE_KEY])
-    adv = group_step_advantage(rewards, groups, valid=_pad_mask(meta), norm=cfg["step_adv_norm"],
-                               eps=cfg["adv_eps"])
-    return _broadcast(adv, response_mask)
+    else:
+        groups = step_group_ids(meta[rm.TASK_ID], meta[rm.PARENT_NODE_ID])
+    adv = group_step_advantage(_row_rewards(token_level_rewards, response_mask), groups, valid=_valid_rows(meta),
+                               norm=cfg.step_adv_norm, eps=float(cfg.adv_eps))
+    return _broadcast(adv, token_level_rewards, response_mask)
 
 
 def compute_gigpo_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index=None,
                             config: Any = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """GiGPO: A = A_episode(task group) + w * A_step(task, anchor state) on discounted step returns."""
+    """GiGPO: ``A = A_E + w * A_S`` (threespo_verl.algos.gigpo): A_E normalises each trajectory's return among the
+    trajectories of its task, A_S the discounted step return G_t among the rows of its (task, anchor state) group.
+    Config ``algorithm.gigpo.{gamma, step_advantage_w, mode, eps}``; groups from the row metadata."""
     from threespo_verl.verl_glue.config import GiGPOConfig
 
-    cfg = _section(config, "gigpo", GiGPOConfig())
-    n = token_level_rewards.shape[0]
-    meta = rm.require_row_metadata("gigpo", rm.REQUIRED["gigpo"], n)
-    rewards = (token_level_rewards * response_mask).sum(-1).detach().cpu().double().numpy()
-    adv = gigpo_advantage(rewards, meta[rm.TASK_ID], meta[rm.TRAJ_ID], meta[rm.STEP_INDEX], meta[rm.STATE_KEY],
-                          gamma=float(cfg["gamma"]), step_advantage_w=float(cfg["step_advantage_w"]),
-                          valid=_pad_mask(meta), mode=cfg["mode"], eps=float(cfg["eps"]))
-    return _broadcast(adv, response_mask)
+    cfg = _section(config, "gigpo", GiGPOConfig)
+    meta = rm.require_row_metadata("gigpo", rm.required_fields("gigpo"), token_level_rewards.shape[0])
+    adv = gigpo_advantage(_row_rewards(token_level_rewards, response_mask), meta[rm.TASK_ID], meta[rm.TRAJ_ID],
+                          meta[rm.STEP_INDEX], meta[rm.STATE_KEY], gamma=float(cfg.gamma),
+                          step_advantage_w=float(cfg.step_advantage_w), valid=_valid_rows(meta), mode=cfg.mode,
+                          eps=float(cfg.eps))
+    return _broadcast(adv, token_level_rewards, response_mask)
 
 
 _FUNCTIONS = {"3spo": compute_3spo_step_advantage, "gigpo": compute_gigpo_advantage}
+assert tuple(_FUNCTIONS) == REGISTERED_ESTIMATORS
 
 
 def register_estimators() -> None:
-    """Register both estimators with verl (idempotent: re-registering the same function is a no-op)."""
+    """Register both estimators with verl. Idempotent: the same module-level functions are registered each time, so
+    verl's check (which raises only for a *different* function under the same name) never fires on a second call."""
     for name, fn in _FUNCTIONS.items():
         if ADV_ESTIMATOR_REGISTRY.get(name) is not fn:
             register_adv_est(name)(fn)

@@ -8,21 +8,30 @@ one numpy array per field below, aligned with the batch rows::
     with row_metadata(data.non_tensor_batch):
         compute_advantage(data, ...)
 
-Fields (one value per row; the agent loop writes them into each AgentLoopOutput's ``extra_fields``):
+Fields (one value per row; the agent loop writes them into each AgentLoopOutput's ``extra_fields``). Ids may be
+strings or ints; they need only be unique within a task (every grouping is scoped by ``task_id``).
 
 ===================  ====================================================================================
-``task_id``          stable task id (the group of GRPO/GiGPO episodes; scopes 3SPO's merged groups)
+``task_id``          stable task id: GRPO/GiGPO's episode group; scopes every other grouping
 ``traj_id``          trajectory (episode / root-to-leaf path) the row belongs to
-``step_index``       step of the row within its trajectory (0-based)
+``step_index``       step of the row within its trajectory (0-based; orders GiGPO's discounted returns)
 ``node_id``          tree node the row's action creates (3SPO), or ``traj_id/step`` in trajectory mode
 ``parent_node_id``   tree node the row's action was sampled from: 3SPO's advantage group (Eq.4)
-``state_key``        canonical key of the state the action was taken in (GiGPO's anchor state)
+``state_key``        canonical key of the state the action was taken in (the parent's state; GiGPO's anchor)
 ``round``            expansion round (3SPO) / training step that produced the row
 ``is_pad``           True for padding rows (added to divide the batch evenly): they join no group, get A = 0
-``r_novel``          Eq.2 novelty term               ``r_score_diff``  Eq.2 score-difference term
-``r_success``        Eq.2 success term               ``r_penalty``     invalid-action penalty
+``r_novel``          Eq.2 novelty term w*R_novel      ``r_score_diff``  Eq.2 term (0.5-w)(S(s_t)-S(s_t+1))
+``r_success``        Eq.2 success term 0.5*1{won}     ``r_penalty``     invalid-action penalty (positive)
 ``valid_action``     the action parsed and was admissible
 ===================  ====================================================================================
+
+Required per estimator (``REQUIRED``, ``required_fields``):
+
+* ``3spo``:  task_id, parent_node_id, is_pad  (+ round, state_key with ``merge_identical_states``)
+* ``gigpo``: task_id, traj_id, step_index, state_key, is_pad
+
+The reward components and ``valid_action`` are read by no estimator (the row's reward is already the sum of the
+token-level rewards); they are part of the contract for the trainer's metrics (DESIGN §7).
 """
 
 from __future__ import annotations
@@ -50,12 +59,26 @@ VALID_ACTION = "valid_action"
 ALL_FIELDS = (TASK_ID, TRAJ_ID, STEP_INDEX, NODE_ID, PARENT_NODE_ID, STATE_KEY, ROUND, IS_PAD, R_NOVEL,
               R_SCORE_DIFF, R_SUCCESS, R_PENALTY, VALID_ACTION)
 
-#: what each estimator reads (``merge_identical_states`` additionally needs ``round`` and ``state_key``)
+#: what each estimator reads. 3SPO's group (Eq.4) is (task_id, parent_node_id); GiGPO's trajectory is
+#: (task_id, traj_id) and its anchor group (task_id, state_key). Ids need only be unique within a task.
 REQUIRED = {
     "3spo": (TASK_ID, PARENT_NODE_ID, IS_PAD),
-    "3spo_merged": (TASK_ID, PARENT_NODE_ID, IS_PAD, ROUND, STATE_KEY),
     "gigpo": (TASK_ID, TRAJ_ID, STEP_INDEX, STATE_KEY, IS_PAD),
 }
+#: what 3SPO additionally reads with ``algorithm.threespo.merge_identical_states=true``: groups (task_id, round,
+#: state_key), where state_key is the state the row's action was taken in (its parent's state)
+MERGE_FIELDS = (ROUND, STATE_KEY)
+
+
+def required_fields(estimator: str, merge_identical_states: bool = False) -> tuple[str, ...]:
+    """The metadata fields ``estimator`` ("3spo" | "gigpo") reads under the given options."""
+    if estimator not in REQUIRED:
+        raise KeyError(f"no row-metadata contract for estimator {estimator!r}; known: {sorted(REQUIRED)}")
+    fields = REQUIRED[estimator]
+    if estimator == "3spo" and merge_identical_states:
+        fields = fields + tuple(f for f in MERGE_FIELDS if f not in fields)
+    return fields
+
 
 _CURRENT: contextvars.ContextVar[Mapping[str, np.ndarray] | None] = contextvars.ContextVar(
     "threespo_row_metadata", default=None
@@ -68,7 +91,11 @@ class MissingRowMetadataError(RuntimeError):
 
 @contextlib.contextmanager
 def row_metadata(fields: Mapping[str, np.ndarray]) -> Iterator[None]:
-    """Make ``fields`` (e.g. ``data.non_tensor_batch``) visible to the estimators called inside the block."""
+    """Make ``fields`` (e.g. ``data.non_tensor_batch``, one array per field aligned with the batch rows) visible to
+    the estimators called inside the block. Backed by a ContextVar: nested blocks restore the outer metadata, and
+    other threads / asyncio tasks do not see it."""
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"row_metadata expects a mapping field -> per-row array, got {type(fields).__name__}")
     token = _CURRENT.set(fields)
     try:
         yield
