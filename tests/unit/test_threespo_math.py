@@ -15,7 +15,9 @@ from threespo_verl.algos.threespo import (
     lambda_t,
     merge_group_ids,
     novelty_weight,
+    singleton_rate,
     state_score,
+    step_group_ids,
     step_reward,
     success_rate,
 )
@@ -59,6 +61,28 @@ def test_truncation_boundaries_are_strict():
     assert state_score(20, 3, t=5) == pytest.approx(math.exp(-50 * math.log(5) * 3 / (20 + EPS)))
 
 
+def test_each_clause_of_the_indicator_alone_keeps_the_state():
+    # N_fail = xi = 10 (first clause false) but SR = 10/(20+eps) ~ 0.5 > zeta: kept, exp(-lambda SR)
+    assert state_score(20, 10, t=4) == pytest.approx(math.exp(-50 * math.log(4) * 10 / (20 + EPS)))
+    # SR = zeta exactly (eps = 0; second clause false) but N_fail = 9 < xi: kept
+    assert state_score(10, 1, t=5, eps=0.0) == pytest.approx(math.exp(-50 * math.log(5) * 0.1))
+    # both clauses false exactly at their boundaries: N_total = 100, N_success = 10, xi = 90, eps = 0
+    # -> N_fail = 90 = xi and SR = 0.1 = zeta: pruned
+    assert state_score(100, 10, t=5, xi=90, eps=0.0) == 0.0
+    # and one step inside either boundary keeps it
+    assert state_score(100, 10, t=5, xi=91, eps=0.0) > 0.0
+    assert state_score(100, 11, t=5, xi=89, eps=0.0) > 0.0
+
+
+def test_counts_are_validated():
+    with pytest.raises(ValueError):
+        state_score(3, 4, t=2)
+    with pytest.raises(ValueError):
+        state_score(3, -1, t=2)
+    with pytest.raises(ValueError):
+        state_score(3, 1, t=0)
+
+
 def test_score_decays_as_t_grows_for_solved_states():
     scores = state_score(np.full(5, 10), np.full(5, 5), t=np.array([1, 2, 10, 100, 1000]))
     assert scores[0] == 1.0 and np.all(np.diff(scores) < 0)
@@ -94,6 +118,23 @@ def test_invalid_action_is_no_state_change_and_penalised():
     assert r.novelty == 0.0 and r.score_diff == 0.0 and r.penalty == 0.1 and r.total == pytest.approx(-0.1)
 
 
+def test_moving_to_a_higher_scored_state_is_penalised_by_the_difference_term():
+    # from S=0.2 (N_total=0 -> w=0.5: difference weight 0) and from N_total=5 (w = 0.5 e^-0.5)
+    r = step_reward([0.2, 0.2], [0.9, 0.9], [0, 5], novel=[False, False], won=False, terminal=False, invalid=False)
+    w = 0.5 * math.exp(-0.5)
+    assert r.score_diff.tolist() == pytest.approx([0.0, (0.5 - w) * -0.7])
+    assert r.total.tolist() == pytest.approx([0.0, (0.5 - w) * -0.7])
+
+
+def test_reward_components_add_up():
+    rng = np.random.default_rng(1)
+    n = 64
+    r = step_reward(rng.random(n), rng.random(n), rng.integers(0, 30, n), rng.random(n) < 0.5, rng.random(n) < 0.5,
+                    rng.random(n) < 0.5, rng.random(n) < 0.3, omega_k=0.2, invalid_action_penalty=0.25)
+    assert np.allclose(r.total, r.novelty + r.score_diff + r.success - r.penalty)
+    assert set(np.unique(r.penalty)) <= {0.0, 0.25} and set(np.unique(r.success)) <= {0.0, 0.5}
+
+
 def test_step_reward_vectorised():
     r = step_reward([1.0, 0.5], [0.5, 0.5], [0, 0], novel=[True, False], won=[False, True], terminal=[False, True],
                     invalid=[False, False])
@@ -113,6 +154,20 @@ def test_branching_hand_computed():
 def test_branching_range(score, g):
     n = int(branching(score, g_max=g))
     assert 0 <= n <= g and (n == 0) == (score == 0.0)
+    assert n >= g * score - 1e-9  # never fewer branches than G_max * S
+
+
+@given(st.integers(1, 16), st.data())
+def test_branching_exact_multiples_do_not_gain_a_branch(g, data):
+    k = data.draw(st.integers(0, g))
+    assert int(branching(k / g, g_max=g)) == k
+    assert int(branching((k / g) * 1.0, g_max=g)) == int(branching(k * (1.0 / g), g_max=g)) == k
+
+
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=20))
+def test_branching_is_monotone_in_the_score(scores):
+    s = np.sort(np.array(scores))
+    assert np.all(np.diff(branching(s)) >= 0)
 
 
 # ---- Eq.4 step advantage ------------------------------------------------------------------------------------------
@@ -128,6 +183,22 @@ def test_group_advantage_hand_computed():
 def test_identical_rewards_give_zero_not_nan():
     a = group_step_advantage([0.3, 0.3, 0.3], ["p"] * 3)
     assert np.all(a == 0.0)
+    # also with eps = 0, where a mean computed as sum/n (0.1+0.1+0.1 != 0.3) would leave a spurious +-0.8
+    a = group_step_advantage([0.1, 0.1, 0.1, 0.7], ["p", "p", "p", "q"], eps=0.0)
+    assert np.all(a == 0.0)
+
+
+def test_groups_are_scoped_by_task():
+    # node ids restart in every task's tree: "n0" of t1 and "n0" of t2 are different nodes
+    g = step_group_ids(["t1", "t1", "t2", "t2"], ["n0", "n0", "n0", "n0"])
+    assert g[0] == g[1] != g[2] == g[3]
+    a = group_step_advantage([1.0, 0.0, 0.4, 0.2], g, norm="mean")
+    assert a.tolist() == pytest.approx([0.5, -0.5, 0.1, -0.1])
+
+
+def test_singleton_rate():
+    assert singleton_rate(["a", "a", "b", "c", "d"], valid=[True, True, True, True, False]) == pytest.approx(0.5)
+    assert singleton_rate([], valid=[]) == 0.0
 
 
 def test_padding_rows_are_excluded():
@@ -138,8 +209,12 @@ def test_padding_rows_are_excluded():
 
 
 def test_merge_identical_states_pools_groups():
-    ids = merge_group_ids(["t1", "t1", "t1", "t2"], [3, 3, 3, 3], ["kA", "kA", "kB", "kA"])
-    assert ids[0] == ids[1] != ids[2] and ids[0] != ids[3]
+    # rows 0, 1: same task, round, parent state -> pooled; row 2 other state; row 3 other task; row 4 other round
+    ids = merge_group_ids(["t1", "t1", "t1", "t2", "t1"], [3, 3, 3, 3, 4], ["kA", "kA", "kB", "kA", "kA"])
+    assert ids[0] == ids[1] and len({ids[0], ids[2], ids[3], ids[4]}) == 4
+    # no string-joining collisions: ("a|b", "c") vs ("a", "b|c")
+    ids = merge_group_ids(["a\x1fb", "a"], [1, 1], ["c", "b\x1fc"])
+    assert ids[0] != ids[1]
 
 
 rows = st.lists(
@@ -172,3 +247,31 @@ def test_padding_rows_never_join_a_group(data, pad_reward, pad_group):
     r2, g2 = np.append(r, pad_reward), np.append(g, pad_group)
     padded = group_step_advantage(r2, g2, valid=np.append(valid, False))
     assert np.array_equal(padded[:-1], base) and padded[-1] == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows)
+def test_mean_std_groups_have_zero_mean_and_unit_unbiased_std(data):
+    r = np.array([x[0] for x in data])
+    g = np.array([x[1] for x in data])
+    valid = np.array([x[2] for x in data])
+    a = group_step_advantage(r, g, valid=valid, norm="mean_std", eps=0.0)
+    assert np.all(np.isfinite(a))
+    for gid in np.unique(g[valid]):
+        m = valid & (g == gid)
+        if m.sum() >= 2 and np.std(r[m]) > 1e-6:
+            assert abs(a[m].mean()) < 1e-9
+            assert np.std(a[m], ddof=1) == pytest.approx(1.0, abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows, st.randoms(use_true_random=False))
+def test_advantage_does_not_depend_on_row_order(data, rnd):
+    r = np.array([x[0] for x in data])
+    g = np.array([f"n{x[1]}" for x in data], dtype=object)
+    valid = np.array([x[2] for x in data])
+    perm = list(range(len(r)))
+    rnd.shuffle(perm)
+    base = group_step_advantage(r, g, valid=valid)
+    shuffled = group_step_advantage(r[perm], g[perm], valid=valid[perm])
+    assert np.allclose(shuffled, base[perm], atol=1e-12)
