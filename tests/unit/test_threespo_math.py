@@ -275,3 +275,15 @@ def test_advantage_does_not_depend_on_row_order(data, rnd):
     base = group_step_advantage(r, g, valid=valid)
     shuffled = group_step_advantage(r[perm], g[perm], valid=valid[perm])
     assert np.allclose(shuffled, base[perm], atol=1e-12)
+
+
+def test_label_types():
+    r = [1.0, 0.0, 0.4, 0.2]
+    expected = [0.5, -0.5, 0.1, -0.1]
+    # str / int / object-of-str / object-of-int labels group alike
+    for labels in (["a", "a", "b", "b"], [3, 3, 7, 7], np.array(["a", "a", "b", "b"], dtype=object),
+                   np.array([3, 3, 7, 7], dtype=object)):
+        assert group_step_advantage(r, labels, norm="mean").tolist() == pytest.approx(expected)
+    # mixed object labels are not coerced: 1 and "1" are two groups
+    a = group_step_advantage(r, np.array([1, 1, "1", "1"], dtype=object), norm="mean")
+    assert a.tolist() == pytest.approx(expected)

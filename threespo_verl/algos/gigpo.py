@@ -105,9 +105,14 @@ def gigpo_advantage(step_rewards, task_ids, traj_ids, step_index, state_keys, ga
     keep = np.ones(r.shape[0], dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if not keep.any():
         return out
-    sub = [np.asarray(x)[keep] for x in (r, task_ids, traj_ids, step_index, state_keys)]
-    a_e = episode_advantage(sub[0], sub[1], sub[2], mode=mode, eps=eps)
-    a_s = step_advantage(*sub, gamma, mode=mode, eps=eps)
+    r, task, traj, step, key = (np.asarray(x)[keep] for x in (r, task_ids, traj_ids, step_index, state_keys))
+    # dense codes once: task, trajectory = (task, traj_id), anchor = (task, state_key)
+    task, _ = combine_ids(task)
+    traj, _ = combine_ids(task, traj)
+    anchor, _ = combine_ids(task, key)
+    norm = _norm(mode)
+    a_e = episode_advantage(r, task, traj, mode=mode, eps=eps)
+    a_s = group_normalize(discounted_returns(r, traj, step, gamma), anchor, norm=norm, eps=eps)
     out[keep] = a_e + step_advantage_w * a_s
     return out
 

@@ -3,7 +3,8 @@
 Both are registered through ``verl.trainer.ppo.core_algos.register_adv_est`` and are called by verl's advantage step
 with ``token_level_rewards``, ``response_mask``, ``index`` and ``config`` (verl's v1 trainer passes the raw
 ``config.algorithm`` DictConfig; the dataclass, a dict or None work too). The row's reward is
-``token_level_rewards.sum(-1)`` (the trainer places each step's reward at its last valid token); the grouping comes
+``token_level_rewards.sum(-1)``, as in verl's GRPO (the trainer places each step's reward at its last valid token;
+an in-reward KL penalty, if enabled, is part of it); the grouping comes
 from the per-row metadata (``row_meta``). Each row's scalar advantage is broadcast over its response tokens.
 """
 
@@ -44,17 +45,18 @@ def _section(config: Any, name: str, cls: type) -> Any:
     return cls(**values)
 
 
-def _row_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> np.ndarray:
-    """R per row = sum of its token-level rewards over the response (the step reward sits on the last token)."""
-    return (token_level_rewards * response_mask).sum(-1).detach().to("cpu", torch.float64).numpy()
+def _row_rewards(token_level_rewards: torch.Tensor) -> np.ndarray:
+    """R per row = the sum of its token-level rewards (the step reward sits on the last response token), as GRPO."""
+    return token_level_rewards.detach().sum(-1).to("cpu", torch.float64).numpy()
 
 
 def _broadcast(adv_rows: np.ndarray, token_level_rewards: torch.Tensor,
                response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages, returns): the row's scalar on every response token, 0 elsewhere (returns = advantages, as GRPO)."""
+    """(advantages, returns): the row's scalar on every response token, 0 elsewhere. Like verl's GRPO, returns is
+    the same tensor as advantages (no critic reads it)."""
     adv = torch.as_tensor(adv_rows, dtype=token_level_rewards.dtype, device=response_mask.device).unsqueeze(-1)
-    adv = adv * response_mask.to(adv.dtype)
-    return adv, adv.clone()
+    adv = adv * response_mask
+    return adv, adv
 
 
 def _valid_rows(meta: dict[str, np.ndarray]) -> np.ndarray:
@@ -80,7 +82,7 @@ def compute_3spo_step_advantage(token_level_rewards: torch.Tensor, response_mask
         groups = merge_group_ids(meta[rm.TASK_ID], meta[rm.ROUND], meta[rm.STATE_KEY])
     else:
         groups = step_group_ids(meta[rm.TASK_ID], meta[rm.PARENT_NODE_ID])
-    adv = group_step_advantage(_row_rewards(token_level_rewards, response_mask), groups, valid=_valid_rows(meta),
+    adv = group_step_advantage(_row_rewards(token_level_rewards), groups, valid=_valid_rows(meta),
                                norm=cfg.step_adv_norm, eps=float(cfg.adv_eps))
     return _broadcast(adv, token_level_rewards, response_mask)
 
@@ -94,7 +96,7 @@ def compute_gigpo_advantage(token_level_rewards: torch.Tensor, response_mask: to
 
     cfg = _section(config, "gigpo", GiGPOConfig)
     meta = rm.require_row_metadata("gigpo", rm.required_fields("gigpo"), token_level_rewards.shape[0])
-    adv = gigpo_advantage(_row_rewards(token_level_rewards, response_mask), meta[rm.TASK_ID], meta[rm.TRAJ_ID],
+    adv = gigpo_advantage(_row_rewards(token_level_rewards), meta[rm.TASK_ID], meta[rm.TRAJ_ID],
                           meta[rm.STEP_INDEX], meta[rm.STATE_KEY], gamma=float(cfg.gamma),
                           step_advantage_w=float(cfg.step_advantage_w), valid=_valid_rows(meta), mode=cfg.mode,
                           eps=float(cfg.eps))
