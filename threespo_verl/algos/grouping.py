@@ -32,6 +32,10 @@ def dense_ids(ids) -> tuple[np.ndarray, int]:
         return np.zeros(0, dtype=np.int64), 0
     if ids.dtype == object:
         ids = _unbox(ids)
+        if ids.dtype == object:  # mixed label types cannot be sorted: hash them instead (1 and "1" differ)
+            first_seen: dict = {}
+            inv = np.fromiter((first_seen.setdefault(x, len(first_seen)) for x in ids), np.int64, ids.size)
+            return inv, len(first_seen)
     uniq, inv = np.unique(ids, return_inverse=True)
     return inv.reshape(-1).astype(np.int64, copy=False), int(uniq.shape[0])
 
