@@ -287,3 +287,8 @@ def test_label_types():
     # mixed object labels are not coerced: 1 and "1" are two groups
     a = group_step_advantage(r, np.array([1, 1, "1", "1"], dtype=object), norm="mean")
     assert a.tolist() == pytest.approx(expected)
+
+
+def test_branching_rejects_nan():
+    with pytest.raises(ValueError, match="nan"):
+        branching([0.5, float("nan")])

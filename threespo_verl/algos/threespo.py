@@ -91,7 +91,10 @@ def branching(score, g_max: int = 8) -> np.ndarray:
     Float fuzz cannot add a branch (a product within 1e-9 above an integer is that integer: S = 0.25, G = 8 gives
     2), and any S > 0, however small, still gives n >= 1 (only S = 0 prunes).
     """
-    s = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
+    s = np.asarray(score, dtype=np.float64)
+    if np.any(np.isnan(s)):
+        raise ValueError("state score is nan")
+    s = np.clip(s, 0.0, 1.0)
     n = np.ceil(g_max * s - 1e-9).astype(np.int64)
     return np.where(s > 0, np.maximum(n, 1), 0)
 

@@ -86,7 +86,7 @@ _CURRENT: contextvars.ContextVar[Mapping[str, np.ndarray] | None] = contextvars.
 
 
 class MissingRowMetadataError(RuntimeError):
-    pass
+    """An estimator was called without the per-row metadata it needs (or with metadata not aligned to the batch)."""
 
 
 @contextlib.contextmanager
@@ -123,8 +123,9 @@ def require_row_metadata(estimator: str, fields: tuple[str, ...], n_rows: int) -
         arr = np.asarray(current[f])
         if arr.shape[:1] != (n_rows,):
             raise MissingRowMetadataError(
-                f"per-row metadata field {f!r} has {arr.shape[0] if arr.ndim else 0} rows but the batch has "
-                f"{n_rows}; the metadata must be aligned with the batch rows"
+                f"advantage estimator {estimator!r}: per-row metadata field {f!r} has "
+                f"{arr.shape[0] if arr.ndim else 0} rows but the batch has {n_rows}; hand over the metadata of this "
+                f"batch, aligned with its rows (e.g. its own non_tensor_batch, after any reordering)"
             )
         out[f] = arr
     return out
