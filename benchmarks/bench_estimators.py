@@ -4,7 +4,8 @@
 
 Same batch for all three: 128 tasks x 8 episodes of ~49 steps (GRPO's and GiGPO's groups), 8..64 response tokens per
 row with the step reward on the last one, string ids as the trainer hands them over, 20 x 5 anchor states; 3SPO groups
-are the children of one expanded node, 2..8 rows each. Prints the median time of each and, on the last line, the ratio 3spo/grpo (goal <= 3).
+are the children of one expanded node, 2..8 rows each. Prints the median time of each (verl's loop-based grpo, the
+baseline; its grpo_vectorized for reference) and, on the last line, the ratio 3spo/grpo (goal <= 3).
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ def compute_3spo_step_advantage(token_level_rewards: torch.Tensor, response_mask
     from threespo_verl.verl_glue.config import ThreeSPOConfig  # lazy: verl imports this module while importing itself
 
     cfg = _section(config, "threespo", ThreeSPOConfig)
-    meta = rm.require_row_metadata("3spo", rm.required_fields("3spo", merge_identical_states=cfg.merge_identical_states),
-                                   token_level_rewards.shape[0])
+    need = rm.required_fields("3spo", merge_identical_states=cfg.merge_identical_states)
+    meta = rm.require_row_metadata("3spo", need, token_level_rewards.shape[0])
     if cfg.merge_identical_states:
         groups = merge_group_ids(meta[rm.TASK_ID], meta[rm.ROUND], meta[rm.STATE_KEY])
     else:
