@@ -11,9 +11,10 @@ from typing import Any
 
 from threespo_verl.envs.base import INFO_KEYS, Observation, Task, TextEnv, make_info
 
-#: implemented environments (alfworld and webshop are added here when their modules land: issue [envs])
+#: implemented environments (webshop is added here when its module lands: issue [envs])
 _REGISTRY: dict[str, str] = {
     "household": "threespo_verl.envs.household:HouseholdEnv",
+    "alfworld": "threespo_verl.envs.alfworld:AlfWorldEnv",
 }
 
 
