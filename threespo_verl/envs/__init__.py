@@ -11,10 +11,11 @@ from typing import Any
 
 from threespo_verl.envs.base import INFO_KEYS, Observation, Task, TextEnv, make_info
 
-#: implemented environments (webshop is added here when its module lands: issue [envs])
+#: implemented environments (issue [envs]: household, alfworld, webshop)
 _REGISTRY: dict[str, str] = {
     "household": "threespo_verl.envs.household:HouseholdEnv",
     "alfworld": "threespo_verl.envs.alfworld:AlfWorldEnv",
+    "webshop": "threespo_verl.envs.webshop:WebShopEnv",
 }
 
 
