@@ -1,0 +1,173 @@
+"""Environment speed, side by side in one run.
+
+    python benchmarks/bench_envs.py [--games 8] [--data DIR]
+
+1. ALFWorld: our ``AlfWorldEnv`` against the stock ``AlfredTWEnv`` text env on the same valid_seen games, each
+   playing the game's stored walkthrough. The stock env is measured as verl-agent builds it for RL (train mode with
+   the DAgger expert attached) and in its eval mode (no expert). Reset time and env steps per second; the ratio
+   ours / stock-RL on its own line (goal >= 1.5x).
+2. Restore cost: reset + replay of a k-step prefix vs clone (household), per restore.
+3. household steps/s with a random admissible policy.
+4. WebShop steps/s and memory per env, when the webshop environment is installed and registered.
+
+``--data`` is an ALFWorld data folder (default: the data home; ``threespo-verl setup alfworld`` installs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import time
+from pathlib import Path
+
+from threespo_verl.data import data_dir
+from threespo_verl.envs import available, make
+
+
+def bench_ours(data: Path, tasks) -> tuple[float, float, int]:
+    env = make("alfworld", data_dir=data, max_steps=200)
+    reset_s = step_s = 0.0
+    steps = 0
+    for task in tasks:
+        t0 = time.perf_counter()
+        env.reset(task)
+        reset_s += time.perf_counter() - t0
+        for action in env.walkthrough(task):
+            t0 = time.perf_counter()
+            _obs, _r, done, info = env.step(action)
+            step_s += time.perf_counter() - t0
+            steps += 1
+        assert info["won"], task.task_id
+    env.close()
+    return reset_s / len(tasks), steps / step_s, steps
+
+
+def bench_stock(data: Path, tasks, game_files, train_mode: bool) -> tuple[float, float, int]:
+    from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
+
+    split = str(data / "json_2.1.1" / "valid_seen")
+    config = {
+        "env": {"goal_desc_human_anns_prob": 0, "task_types": [1, 2, 3, 4, 5, 6], "domain_randomization": False,
+                "expert_type": "handcoded"},
+        "dataset": {"data_path": split, "eval_id_data_path": split, "eval_ood_data_path": split,
+                    "num_train_games": -1, "num_eval_games": -1},
+        "logic": {"domain": str(data / "logic" / "alfred.pddl"), "grammar": str(data / "logic" / "alfred.twl2")},
+        "general": {"training_method": "dagger"},
+        "dagger": {"training": {"max_nb_steps_per_episode": 200}},
+    }
+    reset_s = step_s = 0.0
+    steps = 0
+    for task, game in zip(tasks, game_files):
+        tw = AlfredTWEnv(config, train_eval="train" if train_mode else "eval_in_distribution")
+        tw.game_files = [str(game)]
+        tw.num_games = 1
+        env = tw.init_env(batch_size=1)
+        t0 = time.perf_counter()
+        _obs, infos = env.reset()
+        reset_s += time.perf_counter() - t0
+        for action in make("alfworld", data_dir=data).walkthrough(task):
+            t0 = time.perf_counter()
+            _obs, _scores, _dones, infos = env.step([action])
+            step_s += time.perf_counter() - t0
+            steps += 1
+        assert infos["won"][0], task.task_id
+        env.close()
+    return reset_s / len(tasks), steps / step_s, steps
+
+
+def bench_restore(k: int = 8, repeats: int = 200) -> tuple[float, float]:
+    env = make("household", max_steps=100)
+    task = env.tasks("train")[0]
+    rng = random.Random(0)
+    env.reset(task)
+    prefix = []
+    for _ in range(k):
+        a = rng.choice([x for x in env.admissible_actions if x.startswith("go to ")])
+        prefix.append(a)
+        env.step(a)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        e = make("household", max_steps=100)
+        e.reset(task)
+        for a in prefix:
+            e.step(a)
+    replay = (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        env.clone()
+    clone = (time.perf_counter() - t0) / repeats
+    return replay, clone
+
+
+def bench_random_policy(name: str, episodes: int, **kwargs) -> float:
+    env = make(name, **kwargs)
+    rng = random.Random(0)
+    steps, elapsed = 0, 0.0
+    for task in env.tasks(env.splits[0])[:episodes]:
+        env.reset(task)
+        done = False
+        while not done:
+            acts = env.admissible_actions
+            t0 = time.perf_counter()
+            _o, _r, done, _i = env.step(rng.choice(acts) if acts else None)
+            elapsed += time.perf_counter() - t0
+            steps += 1
+    return steps / elapsed
+
+
+def webshop_memory_per_env(n: int = 50, **kwargs) -> float:
+    import psutil
+
+    proc = psutil.Process()
+    first = make("webshop", **kwargs)  # loads the shared catalog and index once
+    first.reset(first.tasks("test")[0])
+    gc.collect()
+    before = proc.memory_info().rss
+    envs = [make("webshop", **kwargs) for _ in range(n)]
+    for i, e in enumerate(envs):
+        e.reset(e.tasks("test")[i])
+    gc.collect()
+    return (proc.memory_info().rss - before) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--games", type=int, default=8)
+    ap.add_argument("--data", type=Path, default=None)
+    args = ap.parse_args()
+    data = args.data or data_dir("alfworld")
+
+    env = make("alfworld", data_dir=data)
+    seen = env.tasks("valid_seen")
+    tasks = seen[:: max(1, len(seen) // args.games)][: args.games]
+    games = [env.game_file(t) for t in tasks]
+    print(f"ALFWorld: {len(tasks)} valid_seen games, stored walkthroughs")
+    o_reset, o_sps, n = bench_ours(data, tasks)
+    s_reset, s_sps, _ = bench_stock(data, tasks, games, train_mode=True)
+    e_reset, e_sps, _ = bench_stock(data, tasks, games, train_mode=False)
+    print(f"  {'env':34s} {'reset (s)':>10s} {'steps/s':>9s}")
+    print(f"  {'ours (AlfWorldEnv)':34s} {o_reset:10.2f} {o_sps:9.1f}")
+    print(f"  {'stock AlfredTWEnv, RL mode+expert':34s} {s_reset:10.2f} {s_sps:9.1f}")
+    print(f"  {'stock AlfredTWEnv, eval mode':34s} {e_reset:10.2f} {e_sps:9.1f}")
+    print(f"  steps measured per env: {n}")
+
+    replay, clone = bench_restore()
+    print(f"household restore of an 8-step node: replay {replay * 1e6:.0f} us, clone {clone * 1e6:.0f} us "
+          f"(replay/clone = {replay / clone:.1f}x)")
+    print(f"household random policy: {bench_random_policy('household', 200):,.0f} steps/s")
+    if "webshop" in available():
+        ws = {"data_dir": data_dir("webshop")}
+        try:
+            print(f"webshop random policy: {bench_random_policy('webshop', 20, **ws):,.0f} steps/s; "
+                  f"memory per env: {webshop_memory_per_env(**ws) / 1024:.0f} KiB")
+        except FileNotFoundError as exc:
+            print(f"webshop: skipped ({exc})")
+    else:
+        print("webshop: not registered in this checkout; skipped")
+    print(f"ALFWorld steps/s ours / stock (RL mode) = {o_sps / s_sps:.2f}x  (goal >= 1.5x); "
+          f"ours / stock (eval mode) = {o_sps / e_sps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
