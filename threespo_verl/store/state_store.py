@@ -14,13 +14,17 @@ Semantics (DESIGN §2.6):
 * Records go to a *pending* buffer. Lookups, ``t`` and scores read the *committed snapshot* only; ``commit()`` (once
   per expansion round, by the trainer) makes the pending records visible. So every score used during a round comes
   from the snapshot taken before that round, whatever order the workers finish in.
-* ``save``/``load`` persist the committed snapshot and t atomically (temp file + fsync + rename), in a versioned
-  format. Pending records are not saved: a round interrupted before its commit is re-run after resume.
+* ``save``/``load`` persist the committed snapshot and t atomically (temp file in the same folder, flush + fsync,
+  ``os.replace``, fsync of the folder), so a crash mid-save leaves the previous file as it was. The file is an
+  ``.npz`` (no pickle) with a JSON ``header`` (``format`` magic, ``version``, state and trajectory counts) and the
+  three arrays; ``load`` refuses other formats and versions with ``StoreFormatError``. Only committed data is
+  saved: records still pending belong to a round that had not finished, and that round is re-run after resume.
 
-Memory: keys are stored as 64-bit hashes (xxh3_64 of the UTF-8 key; stable across processes and machines), with
-uint32 counters, in three sorted numpy arrays: 16 bytes per state. Two distinct keys collide with probability about
-n^2 / 2^65 (1e-7 at a million states); a collision merges two states' statistics, it cannot crash anything.
-Lookups are vectorised binary searches (``np.searchsorted``).
+Memory: keys are stored as 64-bit hashes (xxh3_64 of the UTF-8 key; stable across processes, machines and
+PYTHONHASHSEED), with uint32 counters, in three sorted numpy arrays: 16 bytes per state. Among n distinct keys some
+pair collides with probability about n^2 / 2^65 (3e-8 at a million states, 3e-6 at ten million); a collision merges
+two states' statistics, it cannot crash anything. Lookups are vectorised binary searches (``np.searchsorted``);
+a commit is one sort of the round's hashes plus one ``np.insert`` per array (O(states) memory traffic per round).
 """
 
 from __future__ import annotations
@@ -39,30 +43,51 @@ FORMAT_VERSION = 1
 
 HASH_DTYPE = np.uint64
 COUNT_DTYPE = np.uint32
+_COUNT_MAX = int(np.iinfo(COUNT_DTYPE).max)
 
 
 def key_hash(keys: Iterable[str] | str) -> np.ndarray:
-    """Stable 64-bit hashes (xxh3_64) of canonical state keys, as a uint64 array (a str gives shape (1,))."""
+    """Stable 64-bit hashes (xxh3_64, seed 0) of the UTF-8 bytes of canonical state keys, as a uint64 array.
+
+    A single str gives shape (1,). The value does not depend on the process, the machine or PYTHONHASHSEED, so
+    workers can hash once and send the uint64 array to the store (8 bytes per key instead of the text).
+    """
     if isinstance(keys, str):
         keys = (keys,)
+    elif isinstance(keys, np.ndarray):
+        keys = keys.ravel().tolist()
     h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(k.encode("utf-8")) for k in keys), dtype=HASH_DTYPE)
+    if not isinstance(keys, Sequence):
+        keys = list(keys)
+    try:
+        return np.fromiter((h(k.encode("utf-8")) for k in keys), dtype=HASH_DTYPE, count=len(keys))
+    except AttributeError:
+        bad = next(k for k in keys if not isinstance(k, str))
+        raise TypeError(f"state keys must be str, got {type(bad).__name__}: {bad!r}") from None
 
 
 def _as_hashes(keys_or_hashes) -> np.ndarray:
-    """Accept strings (hashed here) or already hashed uint64 values."""
-    if isinstance(keys_or_hashes, np.ndarray) and keys_or_hashes.dtype == HASH_DTYPE:
-        return keys_or_hashes
+    """Accept key strings (hashed here) or already hashed values (uint64, or int64 bit patterns from a view)."""
+    if isinstance(keys_or_hashes, np.ndarray):
+        if keys_or_hashes.dtype == HASH_DTYPE:
+            return keys_or_hashes.ravel()
+        if keys_or_hashes.dtype == np.int64:  # same bits, e.g. after a round trip through a signed tensor
+            return keys_or_hashes.ravel().view(HASH_DTYPE)
+        if keys_or_hashes.dtype.kind in "UO":
+            return key_hash(keys_or_hashes)
+        if keys_or_hashes.size == 0:
+            return np.empty(0, dtype=HASH_DTYPE)
+        raise TypeError(f"hashes must be uint64 (see key_hash), got an array of {keys_or_hashes.dtype}")
     if isinstance(keys_or_hashes, str):
         return key_hash(keys_or_hashes)
-    seq = list(keys_or_hashes)
-    if seq and isinstance(seq[0], str):
+    seq = keys_or_hashes if isinstance(keys_or_hashes, Sequence) else list(keys_or_hashes)
+    if len(seq) and isinstance(seq[0], str):
         return key_hash(seq)
-    return np.asarray(seq, dtype=HASH_DTYPE)
+    return np.asarray(seq, dtype=HASH_DTYPE).ravel()
 
 
 class StoreFormatError(ValueError):
-    pass
+    """A file (or state dict) that is not a state store this version can read: wrong magic, version or data."""
 
 
 class StateStore:
@@ -94,19 +119,33 @@ class StateStore:
 
     @property
     def pending_trajectories(self) -> int:
+        """Trajectories recorded since the last commit (not visible to lookups yet)."""
         return len(self._pending_paths)
 
+    @property
+    def pending_t(self) -> int:
+        """The t that the next ``commit()`` will publish: ``t + pending_trajectories``."""
+        return self.t + self.pending_trajectories
+
     def lookup(self, keys_or_hashes) -> tuple[np.ndarray, np.ndarray]:
-        """(N_total, N_success) per key from the last commit, as int64 arrays; unseen keys give (0, 0)."""
+        """(N_total, N_success) per key from the last commit, as int64 arrays; unseen keys give (0, 0).
+
+        Accepts key strings or their ``key_hash`` values; the result has one entry per query, in query order.
+        The queries are binary-searched in sorted order: consecutive searches then touch neighbouring cache lines
+        of the snapshot, which is several times faster than searching them in arrival order at a million states.
+        """
         q = _as_hashes(keys_or_hashes)
-        n_total = np.zeros(q.shape, dtype=np.int64)
-        n_success = np.zeros(q.shape, dtype=np.int64)
+        n_total = np.zeros(q.size, dtype=np.int64)
+        n_success = np.zeros(q.size, dtype=np.int64)
         if self._keys.size and q.size:
-            idx = np.searchsorted(self._keys, q)
-            idx_c = np.minimum(idx, self._keys.size - 1)
-            found = self._keys[idx_c] == q
-            n_total[found] = self._n_total[idx_c[found]]
-            n_success[found] = self._n_success[idx_c[found]]
+            order = np.argsort(q, kind="stable")
+            q_sorted = q[order]
+            idx = np.searchsorted(self._keys, q_sorted)
+            np.minimum(idx, self._keys.size - 1, out=idx)
+            found = self._keys[idx] == q_sorted
+            rows, idx = order[found], idx[found]
+            n_total[rows] = self._n_total[idx]
+            n_success[rows] = self._n_success[idx]
         return n_total, n_success
 
     def scores(self, keys_or_hashes, alpha: float = 50.0, xi: float = 10.0, zeta: float = 0.1, eps: float = 1e-6):
@@ -123,6 +162,7 @@ class StateStore:
         self._pending_success.append(bool(success))
 
     def record_trajectories(self, paths: Sequence, successes: Sequence[bool]) -> None:
+        """``record_trajectory`` for each (path, success) pair, e.g. all trajectories a worker finished in a round."""
         if len(paths) != len(successes):
             raise ValueError(f"{len(paths)} paths but {len(successes)} outcomes")
         for path, ok in zip(paths, successes):
@@ -145,6 +185,8 @@ class StateStore:
         idx_c = np.minimum(idx, max(self._keys.size - 1, 0))
         known = (self._keys[idx_c] == ukeys) if self._keys.size else np.zeros(ukeys.size, dtype=bool)
         # existing states: add in place (keys are unique within ukeys, so plain fancy-index add is exact)
+        if known.any() and int(self._n_total[idx_c[known]].max()) + int(add_total.max()) > _COUNT_MAX:
+            raise OverflowError("a state's N_total would exceed the uint32 counter; nothing was committed")
         self._n_total[idx_c[known]] += add_total[known].astype(COUNT_DTYPE)
         self._n_success[idx_c[known]] += add_success[known].astype(COUNT_DTYPE)
         # new states: insert at their sorted positions (ukeys is sorted, so positions are non-decreasing)
@@ -168,11 +210,17 @@ class StateStore:
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray | int]:
+        """The committed snapshot as plain arrays + the committed trajectory count (pending records excluded)."""
         return {"keys": self._keys.copy(), "n_total": self._n_total.copy(), "n_success": self._n_success.copy(),
                 "trajectories": self._trajectories}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the committed snapshot and t atomically: a crash at any point leaves the previous file intact."""
+        """Write the committed snapshot and t atomically: a crash at any point leaves the previous file intact.
+
+        Pending (uncommitted) records are not written (the header notes how many were left out): the trainer saves
+        after its commit, and a round cut short by a crash is re-run after resume. A crash can leave a stray
+        ``.<name>.*.tmp`` file next to ``path``; it is never read and can be deleted.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "states": len(self),
@@ -193,26 +241,51 @@ class StateStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StateStore":
+        """Read a file written by ``save``; raises ``StoreFormatError`` for other files, other versions, bad data."""
         path = Path(path)
         try:
-            data = np.load(path, allow_pickle=False)
-            header = json.loads(bytes(data["header"]).decode())
-        except Exception as exc:  # noqa: BLE001
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(bytes(data["header"]).decode())
+                arrays = {name: data[name] for name in ("keys", "n_total", "n_success")}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is reported the same way
             raise StoreFormatError(f"{path} is not a readable threespo state store: {exc!r}") from exc
-        if header.get("format") != FORMAT_NAME:
-            raise StoreFormatError(f"{path}: not a {FORMAT_NAME} file (format={header.get('format')!r})")
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            fmt = header.get("format") if isinstance(header, dict) else None
+            raise StoreFormatError(f"{path}: not a {FORMAT_NAME} file (format={fmt!r})")
         if header.get("version") != FORMAT_VERSION:
             raise StoreFormatError(
                 f"{path}: state-store format version {header.get('version')} is not supported by this "
                 f"threespo_verl (reads version {FORMAT_VERSION}); use the matching threespo_verl release"
             )
+        return cls._from_arrays(arrays["keys"], arrays["n_total"], arrays["n_success"], header.get("trajectories"),
+                                expected_states=header.get("states"), where=str(path))
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "StateStore":
+        """Inverse of ``state_dict`` (validated like ``load``)."""
+        return cls._from_arrays(state["keys"], state["n_total"], state["n_success"], state["trajectories"],
+                                expected_states=None, where="state_dict")
+
+    @classmethod
+    def _from_arrays(cls, keys, n_total, n_success, trajectories, expected_states, where: str) -> "StateStore":
+        keys, n_total, n_success = (np.asarray(a) for a in (keys, n_total, n_success))
+        if keys.dtype != HASH_DTYPE or n_total.dtype != COUNT_DTYPE or n_success.dtype != COUNT_DTYPE:
+            raise StoreFormatError(f"{where}: unexpected dtypes {keys.dtype}/{n_total.dtype}/{n_success.dtype}")
+        if not (keys.ndim == n_total.ndim == n_success.ndim == 1 and keys.size == n_total.size == n_success.size):
+            raise StoreFormatError(f"{where}: keys and counters have different shapes")
+        if expected_states is not None and keys.size != expected_states:
+            raise StoreFormatError(f"{where}: {keys.size} states but the header says {expected_states}")
+        if not isinstance(trajectories, int) or trajectories < 0:
+            raise StoreFormatError(f"{where}: bad trajectory count {trajectories!r}")
+        if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
+            raise StoreFormatError(f"{where}: state hashes are not strictly increasing")
+        if np.any(n_success > n_total) or np.any(n_total == 0):
+            raise StoreFormatError(f"{where}: counters violate 1 <= N_total and N_success <= N_total")
         store = cls()
-        store._keys = data["keys"].astype(HASH_DTYPE, copy=False)
-        store._n_total = data["n_total"].astype(COUNT_DTYPE, copy=False)
-        store._n_success = data["n_success"].astype(COUNT_DTYPE, copy=False)
-        store._trajectories = int(header["trajectories"])
-        if not (store._keys.size == store._n_total.size == store._n_success.size == header["states"]):
-            raise StoreFormatError(f"{path}: array sizes disagree with the header (truncated file?)")
+        store._keys, store._n_total, store._n_success = keys.copy(), n_total.copy(), n_success.copy()
+        store._trajectories = trajectories
         return store
 
     def __eq__(self, other: object) -> bool:
