@@ -80,8 +80,9 @@ def test_type_factor():
     assert t("Grey Sofa Table", category="Home & Kitchen › Bedding › Sheets")[0] == 1.0  # 2 common levels
     assert t("Grey Sofa Table", category="Home & Kitchen › Furniture")[0] == 0.5  # 1 common level only
     assert t("Wooden Sofa Table", query="pillow covers")[0] == 0.0  # title_score 0 overrides a query match
+    eleven = "alpha bravo charlie delta echo foxtrot golf hotel india juliet lamp"
     r_type, *_rest, score = type_reward(bought_query="q", bought_category="", bought_title="lamp",
-                                        goal_query="x", goal_category="", goal_title="alpha bravo charlie delta echo foxtrot golf hotel india juliet lamp")
+                                        goal_query="x", goal_category="", goal_title=eleven)
     assert score == pytest.approx(1 / 11) and r_type == 0.1  # 0 < title_score < 0.1
     # the whole reward is scaled by the factor: 0.5 * (1 + 1) / 2
     r = _reward(title="Grey Sofa Table", query="other", category="Toys › Games",

@@ -17,7 +17,8 @@ Observation text follows WebShop's ``text`` observation mode (page elements join
 ``Instruction: [SEP] <goal>`` header, which the prompt shows separately (``Observation.goal``), as verl-agent does:
 
 * search: ``Search``
-* results: ``Back to Search [SEP] Page 1 (Total results: 50) [SEP] Next > [SEP] B0… [SEP] <title> [SEP] $12.99 [SEP] …``
+* results: ``Back to Search [SEP] Page 1 (Total results: 50) [SEP] Next > [SEP] B0… [SEP] <title> [SEP] $12.99
+  [SEP] …`` (ASIN, title, price per product)
 * item: ``Back to Search [SEP] < Prev [SEP] size [SEP] small [SEP] large [SEP] color [SEP] … [SEP] <title> [SEP]
   Price: $12.99 [SEP] Rating: N.A. [SEP] Description [SEP] Features [SEP] Reviews [SEP] Buy Now``, with
   ``[SEP] Selected options: size: large`` appended once an option is chosen (WebShop shows this through its
@@ -75,8 +76,8 @@ class _State:
     options: tuple[tuple[str, str], ...] = ()  # (option name, value), sorted by name
 
     def key(self) -> str:
-        return "webshop:" + json.dumps([self.page, self.query, self.page_num, self.asin, [list(o) for o in self.options]],
-                                       ensure_ascii=False, separators=(",", ":"))
+        ident = [self.page, self.query, self.page_num, self.asin, [list(o) for o in self.options]]
+        return "webshop:" + json.dumps(ident, ensure_ascii=False, separators=(",", ":"))
 
 
 def _norm_query(q: str) -> str:
