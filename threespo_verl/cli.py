@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["train"])
         return _cmd_train(args, argv[1:])
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # expected failures (missing data, bad checksum, bad names, registration): one clear message, no traceback
+        print(f"threespo-verl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
