@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
+import urllib.error
 
 import pytest
 
@@ -29,9 +31,38 @@ def test_missing_archive_names_the_command(tmp_path, monkeypatch):
         setup.install(source=tmp_path, dest=tmp_path / "dest")  # folder without the archive
     with pytest.raises(FileNotFoundError, match="no such file"):
         setup.install(source=tmp_path / "nope", dest=tmp_path / "dest")
-    monkeypatch.setattr(setup, "find_shared_data", lambda kind: None)  # no shared folder either
-    with pytest.raises(FileNotFoundError, match=r"threespo-verl setup webshop --from"):
+    monkeypatch.setattr(setup, "find_shared_data", lambda kind: None)  # no shared folder either, and offline:
+
+    def offline(url, path, timeout=30.0):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(setup, "_fetch_url", offline)
+    with pytest.raises(FileNotFoundError, match=r"download .* failed .*threespo-verl setup webshop --from"):
         setup.install(dest=tmp_path / "dest")
+    assert not (tmp_path / "dest" / "data").exists()
+
+
+def test_upstream_download_rebuilds_the_archive_content(tmp_path, monkeypatch, webshop_data):
+    # serve the upstream files from an installed copy: original files as published, the two rebuilt ones are not served
+    remote = {setup.UPSTREAM_URL + r: webshop_data / rel for rel, (r, _sha) in setup.UPSTREAM_FILES.items() if r}
+    fetched = []
+
+    def fake_fetch(url, path, timeout=30.0):
+        fetched.append(url)
+        shutil.copyfile(remote[url], path)
+
+    monkeypatch.setattr(setup, "find_shared_data", lambda kind: None)
+    monkeypatch.setattr(setup, "_fetch_url", fake_fetch)
+    dest = setup.install(dest=tmp_path / "up")
+    assert setup.is_installed(dest) and sorted(fetched) == sorted(remote)
+    assert len(setup.UPSTREAM_FILES) == 23  # every file of the archive
+    for rel in setup.UPSTREAM_FILES:  # byte-identical to the archive's files, the rebuilt ones included
+        assert (dest / rel).read_bytes() == (webshop_data / rel).read_bytes(), rel
+    # a corrupt download is refused and nothing lands in dest
+    monkeypatch.setattr(setup, "_fetch_url", lambda url, path, timeout=30.0: path.write_bytes(b"oops"))
+    with pytest.raises(ChecksumError):
+        setup.install(dest=tmp_path / "bad")
+    assert not (tmp_path / "bad" / "data").exists()
 
 
 def test_install_from_the_archive_file_is_idempotent(tmp_path, monkeypatch):
