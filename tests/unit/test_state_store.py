@@ -107,33 +107,72 @@ def test_unknown_version_and_garbage_are_rejected(tmp_path):
         StateStore.load(tmp_path / "garbage.npz")
 
 
-def test_a_save_killed_midway_keeps_the_previous_file(tmp_path):
-    """SIGKILL a process while it writes a large store over an existing one: the old file still loads intact."""
+_BIG_SAVE = """
+import os, sys, time
+import numpy as np
+from threespo_verl.store import StateStore
+s = StateStore()
+s.record_trajectory(np.arange(1, 8_000_001, dtype=np.uint64), True)   # 8M states, ~128 MB to write
+s.commit()
+if {block_in_fsync}:
+    real_fsync = os.fsync
+    def fsync_then_hang(fd):
+        real_fsync(fd)
+        print("temp file written", flush=True)
+        time.sleep(600)   # the parent kills us here: after the temp write, before os.replace
+    os.fsync = fsync_then_hang
+print("saving", flush=True)
+s.save({path!r})
+print("saved", flush=True)
+"""
+
+
+def _old_store_file(tmp_path):
     old = StateStore()
     old.record_trajectory(["old-1", "old-2"], True)
     old.commit()
     path = old.save(tmp_path / "store.npz")
-    before = path.read_bytes()
-    script = textwrap.dedent(f"""
-        import numpy as np, sys
-        from threespo_verl.store import StateStore
-        s = StateStore()
-        s.record_trajectory(np.arange(1, 8_000_001, dtype=np.uint64), True)   # ~128 MB to write
-        s.commit()
-        print("saving", flush=True)
-        s.save({str(path)!r})
-        print("saved", flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "saving"
-    deadline = time.time() + 60
-    # kill once the temp file exists and is being written (so the crash really is mid-save)
-    while time.time() < deadline and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return old, path, path.read_bytes()
+
+
+def test_a_save_killed_between_temp_write_and_rename_keeps_the_previous_file(tmp_path):
+    """SIGKILL the saving process once its temp file is complete and synced, before the rename: old file intact."""
+    old, path, before = _old_store_file(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _BIG_SAVE.format(block_in_fsync=True, path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saving"
+        assert proc.stdout.readline().strip() == "temp file written"
+        temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(temps) == 1 and temps[0].stat().st_size > 100_000_000  # the new data really was on disk
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert path.read_bytes() == before
     assert StateStore.load(path) == old
+
+
+def test_a_save_killed_at_any_moment_leaves_old_or_new_never_a_broken_file(tmp_path):
+    """SIGKILL while the temp file grows: the target is byte-identical to the old file, or the complete new one."""
+    old, path, before = _old_store_file(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _BIG_SAVE.format(block_in_fsync=False, path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saving"
+
+    def listing():
+        return sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
+
+    start, deadline = listing(), time.monotonic() + 120
+    # kill at the first visible write to the folder (a temp file appears, or the target itself changes)
+    while proc.poll() is None and time.monotonic() < deadline and listing() == start:
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    proc.wait()
+    if path.read_bytes() != before:  # the save had already finished: then the new file must be whole
+        new = StateStore.load(path)
+        assert len(new) == 8_000_000 and new.t == 2
+    else:
+        assert StateStore.load(path) == old
 
 
 def test_failure_between_write_and_replace_keeps_previous(tmp_path, monkeypatch):
@@ -154,6 +193,84 @@ def test_failure_between_write_and_replace_keeps_previous(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert StateStore.load(path) == old
     assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]  # the temp file was removed
+
+
+def test_pending_t_and_empty_paths():
+    s = StateStore()
+    s.record_trajectory([], success=False)  # e.g. pruned before any state was keyed: still a completed trajectory
+    s.record_trajectory(["A", "A"], success=True)
+    assert (s.t, s.pending_t, s.pending_trajectories) == (1, 3, 2)
+    assert s.commit() == {"trajectories": 2, "new_states": 1, "states": 1}
+    assert (s.t, s.pending_t) == (3, 3) and s.lookup("A")[0].tolist() == [1]
+
+
+def test_hash_inputs_in_every_accepted_form():
+    s = StateStore()
+    s.record_trajectories([["a", "b"], key_hash(["b", "c"])], [True, False])
+    s.commit()
+    h = key_hash(["a", "b", "c", "zz"])
+    expected = ([1, 2, 1, 0], [1, 1, 0, 0])
+    for q in (["a", "b", "c", "zz"], np.array(["a", "b", "c", "zz"]), h, h.view(np.int64), [int(x) for x in h],
+              iter(["a", "b", "c", "zz"])):
+        n_total, n_success = s.lookup(q)
+        assert (n_total.tolist(), n_success.tolist()) == expected
+    assert [a.tolist() for a in s.lookup([])] == [[], []]
+    with pytest.raises(TypeError, match="must be str"):
+        key_hash(["a", 3])
+    with pytest.raises(TypeError, match="uint64"):
+        s.lookup(np.array([1.5, 2.5]))
+
+
+def test_record_trajectories_rejects_misaligned_outcomes():
+    with pytest.raises(ValueError, match="2 paths but 1 outcomes"):
+        StateStore().record_trajectories([["a"], ["b"]], [True])
+
+
+def test_state_dict_round_trip_and_validation():
+    s = StateStore()
+    s.record_trajectories([["a", "b"], ["b"]], [True, False])
+    s.commit()
+    assert StateStore.from_state_dict(s.state_dict()) == s
+    bad = s.state_dict()
+    bad["keys"] = bad["keys"][::-1].copy()
+    with pytest.raises(StoreFormatError, match="strictly increasing"):
+        StateStore.from_state_dict(bad)
+    bad = s.state_dict()
+    bad["n_success"] = bad["n_total"] + np.uint32(1)
+    with pytest.raises(StoreFormatError, match="N_success <= N_total"):
+        StateStore.from_state_dict(bad)
+
+
+def test_corrupt_files_are_rejected(tmp_path):
+    s = StateStore()
+    s.record_trajectories([["a", "b", "c"]], [True])
+    s.commit()
+    good = dict(np.load(s.save(tmp_path / "s.npz")))
+    cases = {
+        "truncated": {**good, "keys": good["keys"][:2]},
+        "unsorted": {**good, "keys": np.sort(good["keys"])[::-1].copy()},
+        "other-magic": {**good, "header": np.frombuffer(b'{"format": "x", "version": 1}', dtype=np.uint8)},
+    }
+    messages = {"truncated": "different shapes", "unsorted": "strictly increasing", "other-magic": "not a threespo"}
+    for name, arrays in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(StoreFormatError, match=messages[name]):
+            StateStore.load(tmp_path / f"{name}.npz")
+    with pytest.raises(FileNotFoundError):
+        StateStore.load(tmp_path / "missing.npz")
+
+
+def test_counter_overflow_is_refused_without_changing_the_snapshot():
+    s = StateStore()
+    s.record_trajectory(["a"], True)
+    s.commit()
+    state = s.state_dict()
+    state["n_total"][:] = np.iinfo(np.uint32).max
+    full = StateStore.from_state_dict(state)
+    full.record_trajectory(["a"], False)
+    with pytest.raises(OverflowError):
+        full.commit()
+    assert full.lookup("a")[0].tolist() == [np.iinfo(np.uint32).max] and full.t == 2
 
 
 class _Reference:
@@ -188,17 +305,25 @@ ops = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(ops)
-def test_matches_reference_implementation(sequence):
+@given(ops, st.booleans())
+def test_matches_reference_implementation(sequence, record_hashes):
+    """Random record/commit sequences: lookups, t, pending_t and len equal the dict reference after every step,
+    and a save/load round trip at the end reproduces the committed state exactly."""
+    import tempfile
+    from pathlib import Path
+
     store, ref = StateStore(), _Reference()
     probe = [f"s{i}" for i in range(31)]
     for op in sequence:
         if op[0] == "record":
-            store.record_trajectory(op[1], op[2])
+            store.record_trajectory(key_hash(op[1]) if record_hashes else op[1], op[2])
             ref.record(op[1], op[2])
         else:
             store.commit()
             ref.commit()
-        n_total, n_success = store.lookup(probe)
-        assert list(zip(n_total.tolist(), n_success.tolist())) == [ref.lookup(k) for k in probe]
-        assert store.t == 1 + ref.traj
+        n_total, n_success = store.lookup(probe[::-1])
+        assert list(zip(n_total.tolist(), n_success.tolist())) == [ref.lookup(k) for k in probe[::-1]]
+        assert store.t == 1 + ref.traj and store.pending_t == store.t + len(ref.pending)
+        assert len(store) == len(ref.committed)
+    with tempfile.TemporaryDirectory() as d:
+        assert StateStore.load(store.save(Path(d) / "s.npz")) == store
