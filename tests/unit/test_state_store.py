@@ -166,7 +166,8 @@ def test_a_save_killed_at_any_moment_leaves_old_or_new_never_a_broken_file(tmp_p
     # kill at the first visible write to the folder (a temp file appears, or the target itself changes)
     while proc.poll() is None and time.monotonic() < deadline and listing() == start:
         time.sleep(0.001)
-    os.kill(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     if path.read_bytes() != before:  # the save had already finished: then the new file must be whole
         new = StateStore.load(path)
