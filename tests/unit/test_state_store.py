@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -328,3 +327,24 @@ def test_matches_reference_implementation(sequence, record_hashes):
         assert len(store) == len(ref.committed)
     with tempfile.TemporaryDirectory() as d:
         assert StateStore.load(store.save(Path(d) / "s.npz")) == store
+
+
+def test_key_strings_are_kept_only_on_request_and_survive_save(tmp_path):
+    plain = StateStore()
+    plain.record_trajectory(["kitchen", "hall"], True)
+    plain.commit()
+    assert plain.key_strings(["kitchen"]) == [None]
+    assert "string_hashes" not in np.load(plain.save(tmp_path / "plain.npz")).files
+
+    s = StateStore(keep_key_strings=True)
+    s.record_trajectory(["kitchen", "hall"], True)
+    s.record_trajectory(key_hash(["attic"]), False)  # recorded by hash: its text is unknown
+    assert s.key_strings(["kitchen"]) == [None]  # pending text is not visible either
+    s.commit()
+    s.record_trajectory(["cellar"], False)
+    s.discard_pending()
+    s.commit()
+    assert s.key_strings(["hall", "kitchen", "attic", "cellar"]) == ["hall", "kitchen", None, None]
+    loaded = StateStore.load(s.save(tmp_path / "s.npz"))
+    assert loaded == s and loaded.keep_key_strings
+    assert loaded.key_strings(key_hash(["kitchen", "attic"])) == ["kitchen", None]

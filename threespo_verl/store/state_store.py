@@ -25,6 +25,7 @@ PYTHONHASHSEED), with uint32 counters, in three sorted numpy arrays: 16 bytes pe
 pair collides with probability about n^2 / 2^65 (3e-8 at a million states, 3e-6 at ten million); a collision merges
 two states' statistics, it cannot crash anything. Lookups are vectorised binary searches (``np.searchsorted``);
 a commit is one sort of the round's hashes plus one ``np.insert`` per array (O(states) memory traffic per round).
+The key text itself is not kept unless ``StateStore(keep_key_strings=True)`` (debugging; see ``key_strings``).
 """
 
 from __future__ import annotations
@@ -93,7 +94,12 @@ class StoreFormatError(ValueError):
 class StateStore:
     """N_total / N_success per state key plus t, with snapshot-then-commit semantics (see module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_key_strings: bool = False) -> None:
+        """``keep_key_strings=True`` also keeps the text of every key recorded as a string (for debugging: see
+        ``key_strings``); it costs the strings' memory, is not counted in ``nbytes``, and is saved with the store."""
+        self.keep_key_strings = bool(keep_key_strings)
+        self._key_strings: dict[int, str] = {}  # hash -> text, committed (only with keep_key_strings)
+        self._pending_strings: dict[int, str] = {}
         # committed snapshot: sorted unique hashes and their counters
         self._keys = np.empty(0, dtype=HASH_DTYPE)
         self._n_total = np.empty(0, dtype=COUNT_DTYPE)
@@ -158,7 +164,14 @@ class StateStore:
     # ---- writes (pending until commit) ---------------------------------------------------------------------------
     def record_trajectory(self, path_keys, success: bool) -> None:
         """Record one finished trajectory: every distinct state on ``path_keys`` (terminal included) counts once."""
-        self._pending_paths.append(np.unique(_as_hashes(path_keys)))
+        hashes = _as_hashes(path_keys)
+        if self.keep_key_strings:
+            texts = [path_keys] if isinstance(path_keys, str) else path_keys
+            if isinstance(texts, np.ndarray) and texts.dtype.kind in "UO":
+                texts = texts.ravel().tolist()
+            if isinstance(texts, Sequence) and len(texts) and isinstance(texts[0], str):
+                self._pending_strings.update(zip(hashes.tolist(), texts))
+        self._pending_paths.append(np.unique(hashes))
         self._pending_success.append(bool(success))
 
     def record_trajectories(self, paths: Sequence, successes: Sequence[bool]) -> None:
@@ -168,10 +181,15 @@ class StateStore:
         for path, ok in zip(paths, successes):
             self.record_trajectory(path, ok)
 
+    def key_strings(self, keys_or_hashes) -> list[str | None]:
+        """Committed key text per hash (None where unknown); only filled with ``keep_key_strings=True``."""
+        return [self._key_strings.get(h) for h in _as_hashes(keys_or_hashes).tolist()]
+
     def commit(self) -> dict[str, int]:
         """Make the pending trajectories visible: merge them into the snapshot and advance t."""
         n_traj = len(self._pending_paths)
         if n_traj == 0:
+            self._pending_strings.clear()
             return {"trajectories": 0, "new_states": 0, "states": len(self)}
         lengths = np.fromiter((p.size for p in self._pending_paths), dtype=np.int64, count=n_traj)
         hashes = np.concatenate(self._pending_paths) if lengths.sum() else np.empty(0, dtype=HASH_DTYPE)
@@ -197,6 +215,8 @@ class StateStore:
         self._n_success = np.insert(self._n_success, pos, add_success[new].astype(COUNT_DTYPE))
 
         self._trajectories += n_traj
+        self._key_strings.update(self._pending_strings)
+        self._pending_strings.clear()
         self._pending_paths.clear()
         self._pending_success.clear()
         return {"trajectories": n_traj, "new_states": int(new.sum()), "states": len(self)}
@@ -204,6 +224,7 @@ class StateStore:
     def discard_pending(self) -> int:
         """Drop uncommitted records (e.g. a round that is re-run); returns how many trajectories were dropped."""
         n = len(self._pending_paths)
+        self._pending_strings.clear()
         self._pending_paths.clear()
         self._pending_success.clear()
         return n
@@ -228,8 +249,13 @@ class StateStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
+                extra = {}
+                if self.keep_key_strings:  # optional debugging arrays: hashes and texts of the known strings
+                    extra = {"string_hashes": np.fromiter(self._key_strings, dtype=HASH_DTYPE,
+                                                          count=len(self._key_strings)),
+                             "strings": np.array(list(self._key_strings.values()), dtype=np.str_)}
                 np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                         keys=self._keys, n_total=self._n_total, n_success=self._n_success)
+                         keys=self._keys, n_total=self._n_total, n_success=self._n_success, **extra)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -247,6 +273,9 @@ class StateStore:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(bytes(data["header"]).decode())
                 arrays = {name: data[name] for name in ("keys", "n_total", "n_success")}
+                strings = None
+                if "string_hashes" in data.files:
+                    strings = dict(zip(data["string_hashes"].tolist(), data["strings"].tolist()))
         except FileNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - anything unreadable is reported the same way
@@ -259,8 +288,11 @@ class StateStore:
                 f"{path}: state-store format version {header.get('version')} is not supported by this "
                 f"threespo_verl (reads version {FORMAT_VERSION}); use the matching threespo_verl release"
             )
-        return cls._from_arrays(arrays["keys"], arrays["n_total"], arrays["n_success"], header.get("trajectories"),
-                                expected_states=header.get("states"), where=str(path))
+        store = cls._from_arrays(arrays["keys"], arrays["n_total"], arrays["n_success"], header.get("trajectories"),
+                                 expected_states=header.get("states"), where=str(path))
+        if strings is not None:
+            store.keep_key_strings, store._key_strings = True, strings
+        return store
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "StateStore":
