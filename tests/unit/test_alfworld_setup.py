@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from threespo_verl.data import ChecksumError, find_shared_data
+from threespo_verl.data import ChecksumError, find_shared_data, verify_sha256
 from threespo_verl.envs import alfworld_setup
 
 
@@ -38,3 +38,17 @@ def test_missing_archive_names_the_command(tmp_path):
         alfworld_setup.install(source=tmp_path / "empty", dest=tmp_path / "dest", splits=("valid_unseen",))
     with pytest.raises(ValueError, match="unknown ALFWorld split"):
         alfworld_setup.install(source=tmp_path / "empty", dest=tmp_path / "dest", splits=("test",))
+
+
+def test_logic_files_come_from_the_alfworld_package_when_no_eval_archive(tmp_path):
+    alfworld_setup._ensure_logic(tmp_path)  # e.g. only the train archive was installed
+    for fname, sha in alfworld_setup.LOGIC_SHA256.items():
+        assert (tmp_path / "logic" / fname).is_file()
+        verify_sha256(tmp_path / "logic" / fname, sha)
+
+
+def test_offline_without_archives_explains_and_names_from(tmp_path, monkeypatch):
+    monkeypatch.setattr(alfworld_setup, "find_shared_data", lambda kind: None)
+    with pytest.raises(FileNotFoundError) as err:
+        alfworld_setup.install(dest=tmp_path / "dest", splits=("valid_seen",))
+    assert "--from" in str(err.value) and "releases/download" in str(err.value)

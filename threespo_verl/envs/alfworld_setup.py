@@ -24,7 +24,14 @@ ARCHIVES = {
 }
 GAME_COUNTS = {"train": 3553, "valid_seen": 140, "valid_unseen": 134, "valid_train": 200}
 DEFAULT_SPLITS = ("train", "valid_seen", "valid_unseen")
-UPSTREAM = "https://github.com/alfworld/alfworld/releases/download/0.2.2/json_2.1.1_json.zip"
+#: what ``alfworld-download`` fetches: the ALFRED trajectory jsons and the TextWorld game files (a later json_2.1.2 cut)
+UPSTREAM = ("https://github.com/alfworld/alfworld/releases/download/0.2.2/json_2.1.1_json.zip",
+            "https://github.com/alfworld/alfworld/releases/download/0.4.0/json_2.1.2_tw-pddl.zip")
+#: logic files (also shipped inside the alfworld wheel as alfworld/data/*), sha256 from SOURCES.md
+LOGIC_SHA256 = {
+    "alfred.pddl": "f1473041ed01da514de1f87adfd7ef0804862361f83ccf63c75e43633b0eb280",
+    "alfred.twl2": "c5b22f0f73309a7fd7c8e5b71de42ad4803b60766ab4a51cc2feb34162be036b",
+}
 MARKER = ".threespo_installed.json"
 
 
@@ -81,18 +88,36 @@ def install(source: Path | None = None, dest: Path | None = None, name: str | No
             if n != GAME_COUNTS[split]:
                 raise RuntimeError(f"alfworld {split}: found {n} games after unpacking, expected {GAME_COUNTS[split]}")
         done |= set(archive_splits)
-    for f in ("logic/alfred.pddl", "logic/alfred.twl2"):
-        if not (dest / f).is_file():
-            raise RuntimeError(f"alfworld: {dest / f} missing after unpacking")
+    _ensure_logic(dest)
     (dest / MARKER).write_text(json.dumps({"splits": sorted(done)}))
     return dest
+
+
+def _ensure_logic(dest: Path) -> None:
+    """logic/ comes with the eval archive; when only train was installed, take the copies in the alfworld wheel."""
+    for fname, sha in LOGIC_SHA256.items():
+        target = dest / "logic" / fname
+        if target.is_file():
+            continue
+        try:
+            import alfworld
+
+            packaged = Path(alfworld.__file__).parent / "data" / fname
+        except ImportError:
+            packaged = None
+        if packaged is None or not packaged.is_file():
+            raise RuntimeError(f"alfworld: {target} missing after unpacking (and no alfworld package copy)")
+        verify_sha256(packaged, sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(packaged.read_bytes())
 
 
 def _upstream_failure(archive_name: str, source: Path | None) -> None:
     where = f"in {source}" if source else "in ../shared/data/alfworld (or $THREESPO_SHARED_DATA)"
     raise FileNotFoundError(
-        f"alfworld: archive {archive_name} not found {where}. Automatic download is not attempted (this project "
-        f"verifies sha256 values of its own archives; the upstream release {UPSTREAM} is packaged differently). "
+        f"alfworld: archive {archive_name} not found {where}. Automatic download is not attempted: this project "
+        f"installs only sha256-pinned archives, and ALFWorld's release assets ({', '.join(UPSTREAM)}) are "
+        f"packaged differently and not pinned. "
         f"Get the archives (see shared/data/alfworld/SOURCES.md) and run: "
         f"threespo-verl setup alfworld --from DIR_WITH_ARCHIVES"
     )
