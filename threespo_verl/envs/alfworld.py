@@ -11,8 +11,10 @@ ALFWorld's six, shortened: pick, look, clean, heat, cool, pick2. Reward = won in
 State key: a digest of the PDDL world state (every fact except the bookkeeping predicates ``checked`` and the
 ``not_*`` fluents), i.e. where the agent is, what it holds, what is open, toggled, clean, hot or cold and where every
 object lies. It has no history or counter in it, and an action the engine does not execute ("Nothing happens.") or
-a look/inventory leaves it unchanged. The engine cannot be copied (its state lives in a native planner library), so
-``supports_clone`` is False and restore is reset + replay (``EnvCache``).
+a look/inventory leaves it unchanged. Actions outside the engine's admissible commands are not sent to the engine:
+they are invalid steps ("Nothing happens.", ``valid=False``, key unchanged). The engine cannot be copied
+(``textworld.envs.pddl.PddlEnv.copy`` raises NotImplementedError; the state lives in the fast-downward planner
+library), so ``supports_clone`` is False and restore is reset + replay (``EnvCache``).
 """
 
 from __future__ import annotations
