@@ -191,8 +191,9 @@ def main() -> None:
     if "webshop" in available():
         ws = {"data_dir": resolve_data("webshop", args.webshop_data, scratch) or data_dir("webshop")}
         try:
-            print(f"webshop random policy: {bench_random_policy('webshop', 20, **ws):,.0f} steps/s; "
-                  f"memory per env (RSS growth over 50 envs, catalog shared): {webshop_memory_per_env(**ws) / 1024:.1f} KiB")
+            sps, mem = bench_random_policy("webshop", 20, **ws), webshop_memory_per_env(**ws)
+            print(f"webshop random policy: {sps:,.0f} steps/s; "
+                  f"memory per env (RSS growth over 50 envs, catalog shared): {mem / 1024:.1f} KiB")
         except FileNotFoundError as exc:
             print(f"webshop: skipped ({exc})")
     else:
