@@ -105,3 +105,17 @@ def test_memory_budget_restarts_a_worker(tasks_and_plans):
         got = _run(pool, tasks[:2], plans[:2])
         assert pool.stats["restarts"] >= 1
     assert got == _sequential(tasks[:2], plans[:2])
+
+
+def test_alfworld_through_the_pool_matches_in_process(alfworld_data):
+    env = make("alfworld", data_dir=alfworld_data, max_steps=50)
+    task = env.tasks("valid_unseen")[0]
+    plan = env.walkthrough(task)
+    env.reset(task)
+    expected = [env.step(a) for a in plan]
+    env.close()
+    with EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1) as pool:
+        h, _obs = pool.reset(task)
+        got = [pool.step_many([(h, a)])[0] for a in plan]
+    assert [(r.observation, r.reward, r.done, r.info) for r in got] == expected
+    assert got[-1].info["won"]
