@@ -48,6 +48,7 @@ def test_walkthrough_wins_one_game_per_task_type(env):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_walkthrough_wins_all_274_eval_games(env):
     failed = [t.task_id for split in ("valid_seen", "valid_unseen") for t in env.tasks(split) if not _win(env, t)]
     assert failed == []
