@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from threespo_verl.envs.base import normalize_command
+
 MAX_ACTION_CHARS = 200
 
 
@@ -79,7 +81,7 @@ class ActionParser:
 
 
 def _normalise(s: str) -> str:
-    return " ".join(s.strip().lower().split())
+    return normalize_command(s)
 
 
 DEFAULT_PARSER = ActionParser()

@@ -27,7 +27,7 @@ from typing import Any
 
 from threespo_verl.data import MissingDataError
 from threespo_verl.data import data_dir as default_data_dir
-from threespo_verl.envs.base import Observation, Task, TextEnv, make_info
+from threespo_verl.envs.base import Observation, Task, TextEnv, make_info, normalize_command
 
 TASK_TYPES = {
     "pick_and_place_simple": "pick",
@@ -162,7 +162,7 @@ class AlfWorldEnv(TextEnv):
         if self._done:
             raise RuntimeError("episode is over; call reset(task)")
         self._steps += 1
-        cmd = " ".join(action.strip().lower().split()) if isinstance(action, str) else None
+        cmd = normalize_command(action)
         before = self._obs.state_key
         valid = cmd is not None and cmd in self._admissible
         if valid:
@@ -178,7 +178,7 @@ class AlfWorldEnv(TextEnv):
         return self._obs, float(won), self._done, info
 
     def is_valid(self, action: str | None) -> bool:
-        return isinstance(action, str) and " ".join(action.strip().lower().split()) in self._admissible
+        return normalize_command(action) in self._admissible
 
     @property
     def observation(self) -> Observation:

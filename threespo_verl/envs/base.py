@@ -59,6 +59,11 @@ class Observation:
 INFO_KEYS = ("won", "score", "valid", "state_changed", "timeout", "steps")
 
 
+def normalize_command(action: str | None) -> str | None:
+    """The canonical form environments compare commands in: lower case, single spaces (None stays None)."""
+    return " ".join(action.strip().lower().split()) if isinstance(action, str) else None
+
+
 def make_info(*, won: bool, score: float, valid: bool, state_changed: bool, timeout: bool, steps: int, **extra):
     """Build a step ``info`` dict with the required keys (and any extra env-specific ones)."""
     info = {

@@ -25,7 +25,7 @@ import hashlib
 import random
 from typing import Any
 
-from threespo_verl.envs.base import Observation, Task, TextEnv, make_info
+from threespo_verl.envs.base import Observation, Task, TextEnv, make_info, normalize_command
 
 TASK_TYPES = ("pick", "clean", "heat", "cool", "look", "pick2")
 OPENABLE = ("fridge", "microwave", "cabinet", "drawer")
@@ -168,7 +168,7 @@ class HouseholdEnv(TextEnv):
         if self._done:
             raise RuntimeError("episode is over; call reset(task)")
         self._steps += 1
-        cmd = " ".join(action.strip().lower().split()) if isinstance(action, str) else None
+        cmd = normalize_command(action)
         valid = cmd is not None and cmd in self._admissible
         before = self._obs.state_key
         feedback = self._execute(cmd) if valid else "Nothing happens."
@@ -181,7 +181,7 @@ class HouseholdEnv(TextEnv):
         return self._obs, float(won), self._done, info
 
     def is_valid(self, action: str | None) -> bool:
-        return isinstance(action, str) and " ".join(action.strip().lower().split()) in self._admissible
+        return normalize_command(action) in self._admissible
 
     @property
     def observation(self) -> Observation:
