@@ -180,12 +180,6 @@ class AlfWorldEnv(TextEnv):
     def is_valid(self, action: str | None) -> bool:
         return normalize_command(action) in self._admissible
 
-    @property
-    def observation(self) -> Observation:
-        if self._obs is None:
-            raise RuntimeError("call reset(task) first")
-        return self._obs
-
     def close(self) -> None:
         for env in self._games.values():
             env.close()

@@ -111,9 +111,12 @@ class TextEnv(abc.ABC):
         """Whether the engine would execute ``action`` in the current state (no side effect)."""
 
     @property
-    @abc.abstractmethod
     def observation(self) -> Observation:
-        """The current observation (after the last reset/step)."""
+        """The current observation (after the last reset/step); subclasses keep it in ``self._obs``."""
+        obs = getattr(self, "_obs", None)
+        if obs is None:
+            raise RuntimeError("call reset(task) first")
+        return obs
 
     @property
     def admissible_actions(self) -> tuple[str, ...]:

@@ -183,12 +183,6 @@ class HouseholdEnv(TextEnv):
     def is_valid(self, action: str | None) -> bool:
         return normalize_command(action) in self._admissible
 
-    @property
-    def observation(self) -> Observation:
-        if self._obs is None:
-            raise RuntimeError("call reset(task) first")
-        return self._obs
-
     def clone(self) -> "HouseholdEnv":
         other = HouseholdEnv.__new__(HouseholdEnv)
         other.max_steps = self.max_steps

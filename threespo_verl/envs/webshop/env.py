@@ -171,12 +171,6 @@ class WebShopEnv(TextEnv):
     def is_valid(self, action: str | None) -> bool:
         return self._task is not None and not self._done and self._transition(action) is not None
 
-    @property
-    def observation(self) -> Observation:
-        if self._obs is None:
-            raise RuntimeError("call reset(task) first")
-        return self._obs
-
     def clone(self) -> "WebShopEnv":
         return copy.copy(self)  # every field is immutable or shared read-only (catalog, index)
 
