@@ -44,6 +44,10 @@ class StateStoreActor:
     def t(self) -> int:
         return self._store.t
 
+    def lookup_with_t(self, keys_or_hashes) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+        """((N_total, N_success), t) from the last commit in one round trip (what the rollout's scorer needs)."""
+        return self._store.lookup(keys_or_hashes), self._store.t
+
     def record_trajectory(self, path_keys, success: bool) -> int:
         """Record one finished trajectory (pending); returns the number of pending trajectories."""
         self._store.record_trajectory(path_keys, success)

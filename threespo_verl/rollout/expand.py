@@ -1,0 +1,245 @@
+"""One node expansion (3SPO, DESIGN §2.2-2.3) and one full episode (GRPO/GiGPO trajectory mode).
+
+Both are plain ``async`` functions over three injected parts, so the same code runs inside verl's agent loop, in the
+exploration benchmark and in the tests:
+
+* ``sample(messages, n) -> list[Sample]``: n replies of the policy to one chat prompt (the agent loop backs it
+  with ``server_manager.generate``; the benchmark with a scripted policy). ``Sample.payload`` carries whatever the
+  caller needs back (token ids, log-probs) untouched.
+* an ``EnvCache`` (``envs/restore.py``) that puts environments into a node's state;
+* a ``Scorer`` returning (N_total, N_success) per state key and t from the state store's *last commit*.
+
+Expansion of node s_t (3SPO)::
+
+    S_t = S(s_t)  (Eq.1, committed snapshot)         n = min(ceil(G_max * S_t), max_branches)   (Eq.3)
+    n = 0 -> pruned: nothing sampled, nothing emitted
+    else  -> n replies; replies with the same action text are merged into one child (the first one is kept);
+             each distinct child steps its own environment; R per child by Eq.2 with S(s_t+1) from the snapshot.
+
+A malformed reply is an invalid action (``action=None``): the environment counts the step, nothing changes, and Eq.2
+subtracts the penalty. Nothing here raises on model output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from threespo_verl.algos.threespo import branching, state_score, step_reward
+from threespo_verl.envs.actions import DEFAULT_PARSER, ActionParser
+from threespo_verl.envs.base import Observation, Task
+from threespo_verl.envs.prompts import render_prompt
+from threespo_verl.envs.restore import EnvCache
+
+#: characters of an invalid reply kept as its "action" in the prompt history
+INVALID_ACTION_SHOWN = 80
+
+
+@dataclasses.dataclass
+class Sample:
+    """One reply of the policy. ``payload`` is opaque here (the agent loop keeps token ids and log-probs in it)."""
+
+    text: str
+    payload: Any = None
+
+
+SampleFn = Callable[[list[dict[str, str]], int], Awaitable[list[Sample]]]
+
+
+class Scorer(Protocol):
+    async def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """(N_total, N_success) per key from the last commit, and t."""
+
+
+class LocalScorer:
+    """A ``Scorer`` over an in-process ``StateStore`` (benchmarks, tests)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    async def lookup(self, keys):
+        n_total, n_success = self.store.lookup(list(keys))
+        return n_total, n_success, self.store.t
+
+
+class ActorScorer:
+    """A ``Scorer`` over the state store's Ray actor (``store/actor.py``): one round trip per expansion."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def lookup(self, keys):
+        (n_total, n_success), t = await self.handle.lookup_with_t.remote(list(keys))
+        return n_total, n_success, t
+
+
+@dataclasses.dataclass
+class ScoreParams:
+    """The Eq.1-3 constants the rollout needs (built from ``algorithm.threespo`` by ``from_config``)."""
+
+    alpha: float = 50.0
+    xi: float = 10.0
+    zeta: float = 0.1
+    eps: float = 1e-6
+    omega_k: float = 0.1
+    invalid_action_penalty: float = 0.1
+    g_max: int = 8
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ScoreParams":
+        get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+        return cls(**{f.name: type(f.default)(get(f.name, f.default)) for f in dataclasses.fields(cls)
+                      if get(f.name, None) is not None})
+
+    def score(self, n_total, n_success, t) -> np.ndarray:
+        return state_score(n_total, n_success, t, alpha=self.alpha, xi=self.xi, zeta=self.zeta, eps=self.eps)
+
+
+@dataclasses.dataclass
+class Branch:
+    """One distinct child of an expansion (or one step of an episode)."""
+
+    sample: Sample
+    action: str | None
+    action_text: str  # what the prompt history shows for this step
+    valid: bool  # parsed and executed by the environment
+    parse_reason: str
+    merged: int  # how many replies chose this action (1 = no duplicate)
+    state_key: str  # key of the state after the step
+    obs_text: str
+    done: bool
+    won: bool
+    timeout: bool
+    env_reward: float  # the environment's own score after the step (WebShop purchase score, ALFWorld won)
+    reward: float = 0.0  # 3SPO Eq.2 total; trajectory mode: the outcome on the last step
+    r_novel: float = 0.0
+    r_score_diff: float = 0.0
+    r_success: float = 0.0
+    r_penalty: float = 0.0
+
+
+@dataclasses.dataclass
+class Expansion:
+    """Result of ``expand_node``: the node's state, the branching decision and the distinct children."""
+
+    state_key: str
+    obs_text: str
+    score: float  # S(s_t)
+    n_total: int  # N_total(s_t)
+    n_branches: int  # n(s) actually sampled (0 = pruned)
+    n_score: int  # ceil(G_max * S(s_t)) before the budget cap
+    branches: list[Branch]
+    replayed_steps: int  # env steps spent restoring the node
+
+    @property
+    def pruned(self) -> bool:
+        return self.n_branches == 0
+
+
+def shown_action(action: str | None, reply: str) -> str:
+    """The history text of a step: the parsed action, or the start of a malformed reply."""
+    if action is not None:
+        return action
+    text = " ".join(str(reply).split())
+    return text[:INVALID_ACTION_SHOWN] if text else "(no action)"
+
+
+def _merge_key(action: str | None, reply: str) -> str:
+    # valid actions merge by their normalised text; malformed replies by their own text
+    return f"a:{action}" if action is not None else f"r:{' '.join(str(reply).split())}"
+
+
+async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequence[tuple[str, str]],
+                      cache: EnvCache, sample: SampleFn, scorer: Scorer, params: ScoreParams, *,
+                      max_branches: int | None = None, history_length: int = 2, few_shot: bool = False,
+                      reasoning: bool = True, parser: ActionParser = DEFAULT_PARSER,
+                      render: Callable[..., list[dict[str, str]]] | None = None) -> Expansion:
+    """Expand the node reached by ``prefix`` (see module docstring). ``history`` are the (observation, action)
+    pairs that led to it, for the prompt. Environments end parked in ``cache`` at the children's nodes."""
+    replayed_before = cache.stats["replayed_steps"]
+    env = cache.acquire(task, prefix)
+    obs: Observation = env.observation
+    n_t, s_t, t = await scorer.lookup([obs.state_key])
+    score_t = float(params.score(n_t, s_t, t)[0])
+    n_score = int(branching([score_t], params.g_max)[0])
+    n = n_score if max_branches is None else min(n_score, int(max_branches))
+    replayed = cache.stats["replayed_steps"] - replayed_before
+    if n <= 0:
+        cache.release(task, prefix, env)
+        return Expansion(obs.state_key, obs.text, score_t, int(n_t[0]), 0, n_score, [], replayed)
+    messages = (render or render_prompt)(task.env_name, obs, history, history_length=history_length,
+                                         few_shot=few_shot, reasoning=reasoning)
+    replies = await sample(messages, n)
+    # merge identical actions: the first reply of each distinct action becomes the child
+    distinct: dict[str, tuple[Sample, Any, int]] = {}
+    for rep in replies:
+        parsed = parser.parse(rep.text)
+        k = _merge_key(parsed.action, rep.text)
+        first = distinct.get(k)
+        distinct[k] = (first[0], first[1], first[2] + 1) if first else (rep, parsed, 1)
+    branches: list[Branch] = []
+    envs = [env] + [cache.acquire(task, prefix) for _ in range(len(distinct) - 1)]
+    for benv, (rep, parsed, count) in zip(envs, distinct.values()):
+        cobs, env_r, done, info = benv.step(parsed.action)
+        branches.append(Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),
+                               valid=bool(info["valid"]), parse_reason=parsed.reason, merged=count,
+                               state_key=cobs.state_key, obs_text=cobs.text, done=bool(done), won=bool(info["won"]),
+                               timeout=bool(info["timeout"]), env_reward=float(env_r)))
+        if done:
+            benv.close()
+        else:
+            cache.release(task, (*prefix, parsed.action), benv)
+    replayed = cache.stats["replayed_steps"] - replayed_before
+    # Eq.2 for every child, with S(s_t+1) from the same committed snapshot
+    c_total, c_success, t1 = await scorer.lookup([b.state_key for b in branches])
+    score_t1 = params.score(c_total, c_success, t1)
+    r = step_reward(np.full(len(branches), score_t), score_t1, np.full(len(branches), int(n_t[0])),
+                    novel=[b.state_key != obs.state_key for b in branches], won=[b.won for b in branches],
+                    terminal=[b.done for b in branches], invalid=[not b.valid for b in branches],
+                    omega_k=params.omega_k, invalid_action_penalty=params.invalid_action_penalty)
+    for i, b in enumerate(branches):
+        b.reward, b.r_novel, b.r_score_diff = float(r.total[i]), float(r.novelty[i]), float(r.score_diff[i])
+        b.r_success, b.r_penalty = float(r.success[i]), float(r.penalty[i])
+    return Expansion(obs.state_key, obs.text, score_t, int(n_t[0]), n, n_score, branches, replayed)
+
+
+@dataclasses.dataclass
+class EpisodeStep:
+    """One step of a full episode: the state it was taken in (GiGPO's anchor) and the branch it produced."""
+
+    state_key: str  # state the action was taken in
+    obs_text: str
+    branch: Branch
+
+
+async def play_episode(task: Task, env, sample: SampleFn, *, history_length: int = 2, few_shot: bool = False,
+                       reasoning: bool = True, parser: ActionParser = DEFAULT_PARSER,
+                       render: Callable[..., list[dict[str, str]]] | None = None) -> list[EpisodeStep]:
+    """Play ``task`` to the end (won, lost or ``env.max_steps``) with one reply per step (trajectory mode).
+
+    The outcome reward (the environment's final score in [0, 1]) is put on the last step's ``reward``; all other
+    steps get 0, as in GRPO/GiGPO (the invalid-action penalty is part of 3SPO's Eq.2 only)."""
+    obs = env.reset(task)
+    history: list[tuple[str, str]] = []
+    steps: list[EpisodeStep] = []
+    done = False
+    while not done:
+        messages = (render or render_prompt)(task.env_name, obs, history, history_length=history_length,
+                                             few_shot=few_shot, reasoning=reasoning)
+        rep = (await sample(messages, 1))[0]
+        parsed = parser.parse(rep.text)
+        nobs, env_r, done, info = env.step(parsed.action)
+        b = Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),
+                   valid=bool(info["valid"]), parse_reason=parsed.reason, merged=1, state_key=nobs.state_key,
+                   obs_text=nobs.text, done=bool(done), won=bool(info["won"]), timeout=bool(info["timeout"]),
+                   env_reward=float(env_r))
+        steps.append(EpisodeStep(obs.state_key, obs.text, b))
+        history.append((obs.text, b.action_text))
+        obs = nobs
+    last = steps[-1].branch
+    last.reward = last.env_reward
+    last.r_success = float(last.won)
+    return steps
