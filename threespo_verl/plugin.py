@@ -8,6 +8,8 @@ therefore catches each component's failure itself and logs it at WARNING with th
 Components (each one obvious place):
 
 * ``estimators`` -> ``threespo_verl.verl_glue.estimators`` (``register_adv_est``: ``3spo``, ``gigpo``)
+* ``agent_loop`` -> ``threespo_verl.verl_glue.agent_loop`` (agent loop registry: ``threespo_step``)
+* ``trainer``    -> ``threespo_verl.verl_glue.trainer`` (v1 trainer registry: ``threespo``)
 * ``configs``    -> ``hydra_plugins/threespo_verl_searchpath`` (``threespo_trainer`` + groups on Hydra's path)
 """
 
@@ -50,6 +52,33 @@ def _register_estimators() -> None:
     from threespo_verl.verl_glue.estimators import register_estimators
 
     register_estimators()
+
+
+# ---- agent loop and trainer mode ------------------------------------------------------------------------------
+def _check_agent_loop() -> list[str]:
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    from threespo_verl.verl_glue.dataset import AGENT_NAME
+
+    return [] if AGENT_NAME in _agent_loop_registry else [f"agent loop {AGENT_NAME!r}"]
+
+
+@_component("agent_loop")(_check_agent_loop)
+def _register_agent_loop() -> None:
+    importlib.import_module("threespo_verl.verl_glue.agent_loop")  # @register("threespo_step") on import
+
+
+def _check_trainer() -> list[str]:
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    from threespo_verl.verl_glue.trainer import TRAINER_MODE
+
+    return [] if TRAINER_MODE in TRAINER_REGISTRY else [f"v1 trainer mode {TRAINER_MODE!r}"]
+
+
+@_component("trainer")(_check_trainer)
+def _register_trainer() -> None:
+    importlib.import_module("threespo_verl.verl_glue.trainer")  # @register_trainer("threespo") on import
 
 
 # ---- Hydra configs ---------------------------------------------------------------------------------------------

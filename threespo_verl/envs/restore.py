@@ -9,9 +9,11 @@ positioned at a node:
   further branch, and a parked ancestor is cloned and advanced by the missing suffix;
 * else the environment is reset and the prefix replayed (``replayed_steps`` counts those env steps).
 
-Usage (one expansion of node ``prefix`` with n branches)::
+Usage (one expansion of node ``prefix`` with n branches; a node is expanded once, so its parked environment is
+taken, not copied)::
 
-    envs = [cache.acquire(task, prefix) for _ in range(n)]     # each owned by its branch
+    env = cache.acquire(task, prefix, take=True)
+    envs = [env, *cache.siblings(task, prefix, env, n - 1)]   # clones where possible; each owned by its branch
     for env, action in zip(envs, actions):
         env.step(action)
         cache.release(task, (*prefix, action), env)          # parked at the child node
@@ -40,8 +42,11 @@ class EnvCache:
         self.stats = {"hits": 0, "clones": 0, "replays": 0, "replayed_steps": 0, "evictions": 0, "created": 0}
 
     # ---- public API --------------------------------------------------------------------------------------------
-    def acquire(self, task: Task, prefix: Sequence[str | None]) -> TextEnv:
-        """An environment at the node (task, prefix), owned by the caller until ``release``\\ d."""
+    def acquire(self, task: Task, prefix: Sequence[str | None], take: bool = False) -> TextEnv:
+        """An environment at the node (task, prefix), owned by the caller until ``release``\\ d.
+
+        ``take=True`` hands over a parked environment itself (a node that will not be asked for again); otherwise a
+        parked environment that can clone stays parked and the caller gets a clone."""
         key = (task.task_id, tuple(prefix))
         parked = self._parked.get(key)
         if parked:
@@ -49,7 +54,7 @@ class EnvCache:
             self._n_parked -= 1
             if not parked:
                 del self._parked[key]
-            if env.supports_clone:
+            if env.supports_clone and not take:
                 # keep the original parked so siblings can clone it too
                 self._park(key, env)
                 self.stats["clones"] += 1
@@ -65,6 +70,14 @@ class EnvCache:
                 self._advance(env, key[1][cut:])
                 return env
         return self._replay(task, key[1])
+
+    def siblings(self, task: Task, prefix: Sequence[str | None], env: TextEnv, k: int) -> list[TextEnv]:
+        """``k`` more environments at the node where ``env`` (not yet stepped) stands: clones of it where the engine
+        can clone, else from the cache (parked ones, or reset + replay)."""
+        if env.supports_clone:
+            self.stats["clones"] += k
+            return [env.clone() for _ in range(k)]
+        return [self.acquire(task, prefix) for _ in range(k)]
 
     def release(self, task: Task, prefix: Sequence[str | None], env: TextEnv) -> None:
         """Park ``env`` (positioned at the end of ``prefix``) for later ``acquire`` of that node."""

@@ -160,7 +160,7 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
     """Expand the node reached by ``prefix`` (see module docstring). ``history`` are the (observation, action)
     pairs that led to it, for the prompt. Environments end parked in ``cache`` at the children's nodes."""
     replayed_before = cache.stats["replayed_steps"]
-    env = cache.acquire(task, prefix)
+    env = cache.acquire(task, prefix, take=True)  # a node is expanded once: take its parked environment
     obs: Observation = env.observation
     n_t, s_t, t = await scorer.lookup([obs.state_key])
     score_t = float(params.score(n_t, s_t, t)[0])
@@ -181,7 +181,7 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
         first = distinct.get(k)
         distinct[k] = (first[0], first[1], first[2] + 1) if first else (rep, parsed, 1)
     branches: list[Branch] = []
-    envs = [env] + [cache.acquire(task, prefix) for _ in range(len(distinct) - 1)]
+    envs = [env, *cache.siblings(task, prefix, env, len(distinct) - 1)]
     for benv, (rep, parsed, count) in zip(envs, distinct.values()):
         cobs, env_r, done, info = benv.step(parsed.action)
         branches.append(Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),

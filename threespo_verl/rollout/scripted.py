@@ -28,7 +28,8 @@ _STOP = {"a", "an", "the", "in/on", "in", "on", "put", "two", "under", "at", "wi
 
 
 def parse_prompt(text: str) -> tuple[str, list[str]]:
-    """(goal, admissible actions) from a prompt rendered by ``envs/prompts.py``."""
+    """(goal, admissible actions) from a prompt rendered by ``envs/prompts.py`` (the goal of its head line: the
+    history may quote observations that repeat it, followed by other text)."""
     goals = _GOAL_RE.findall(text)
     m = _ACTIONS_RE.findall(text)
     actions: list[str] = []
@@ -36,31 +37,53 @@ def parse_prompt(text: str) -> tuple[str, list[str]]:
         body = m[-1]
         sep = ",\n" if ",\n" in body else ", "
         actions = [a.strip() for a in body.split(sep) if a.strip()]
-    return (goals[-1] if goals else ""), actions
+    return (goals[0] if goals else ""), actions
 
 
 class ScriptedPolicy:
-    """See the module docstring. ``goal_weight``: weight of an action sharing a word with the goal (others 1)."""
+    """See the module docstring. ``goal_weight``: weight of an action sharing a word with the goal (others 1).
 
-    def __init__(self, goal_weight: float = 4.0, low_value_weight: float = 0.2, p_malformed: float = 0.05) -> None:
+    ``plans`` (optional) maps a goal text to the actions of a known solution (e.g. the household oracle's): its
+    actions get ``plan_weight`` whenever they are admissible (its moves ``plan_move_weight``), so the policy solves tasks
+    some of the time instead of almost never: outcomes then differ between episodes, as a model's do.
+    """
+
+    def __init__(self, goal_weight: float = 4.0, low_value_weight: float = 0.2, p_malformed: float = 0.05,
+                 plans: dict[str, list[str]] | None = None, plan_weight: float = 8.0,
+                 plan_move_weight: float | None = None) -> None:
         self.goal_weight = goal_weight
         self.low_value_weight = low_value_weight
         self.p_malformed = p_malformed
+        self.plans = {g: set(p) for g, p in (plans or {}).items()}
+        self.plan_weight = plan_weight
+        self.plan_move_weight = goal_weight if plan_move_weight is None else plan_move_weight
 
     def reply(self, prompt_text: str, rng: random.Random) -> str:
         goal, actions = parse_prompt(prompt_text)
         if not actions or rng.random() < self.p_malformed:
             return "I am not sure what to do here."
-        words = {w.strip(".,") for w in goal.lower().split()} - _STOP
+        words = {w.strip(".,") for w in goal.lower().split() if not w.strip(".,").isdigit()} - _STOP
+        plan = self.plans.get(goal, ())
         weights = []
         for a in actions:
-            if a.split()[0] in _LOW_VALUE:
+            if a in plan:
+                # moving is always possible; the plan's other actions only where they belong, so they weigh more
+                weights.append(self.plan_move_weight if a.startswith("go to ") else self.plan_weight)
+            elif a.split()[0] in _LOW_VALUE:
                 weights.append(self.low_value_weight)
             elif words & set(a.lower().split()):
                 weights.append(self.goal_weight)
             else:
                 weights.append(1.0)
         return f"<action>{rng.choices(actions, weights=weights)[0]}</action>"
+
+
+def household_plans(tasks) -> dict[str, list[str]]:
+    """Goal text -> the household oracle's solution, for ``ScriptedPolicy(plans=...)``."""
+    from threespo_verl.envs.household import HouseholdEnv
+
+    env = HouseholdEnv()
+    return {env.reset(t).goal: env.oracle_actions(t) for t in tasks}
 
 
 def seeded_rng(*parts: Any) -> random.Random:

@@ -42,6 +42,12 @@ class ThreeSPOConfig(BaseConfig):
     # §2.7 one actor update per expansion round (post_step) or per finished trees (post_trajectory)
     update_mode: str = "post_step"
     min_update_rows: int = 1
+    # safety stop: rounds one update may take before giving up (0 = 10 x the per-task budget)
+    max_rounds_per_update: int = 0
+    # seed of each branch's sampling, derived from (sample_seed, task, node, branch); null = unseeded
+    sample_seed: int | None = None
+    # name of the state store's Ray actor
+    store_name: str = "threespo_state_store"
 
     def __post_init__(self):
         if self.step_adv_norm not in STEP_ADV_NORMS:
@@ -75,5 +81,7 @@ class ThreeSPOAlgoConfig(AlgoConfig):
 
     #: which of this package's algorithms the run uses: 3spo | grpo | gigpo | spa
     name: str = "grpo"
+    #: optimizer steps per actor update, whatever the number of rows (the threespo trainer mode)
+    optim_steps_per_update: int = 1
     threespo: ThreeSPOConfig = field(default_factory=ThreeSPOConfig)
     gigpo: GiGPOConfig = field(default_factory=GiGPOConfig)

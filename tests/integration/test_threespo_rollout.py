@@ -1,0 +1,248 @@
+"""The threespo trainer mode and agent loop on real verl machinery (Ray, TransferQueue, AgentLoopWorkerTQ, the
+replay buffer, the trainer's advantage step) on the household game; only the model is a scripted client
+(``ScriptedLLMClient``). Rows, groups, step rewards and advantages are checked against hand computations."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+tq = pytest.importorskip("transfer_queue")
+
+from tests.integration import verl_harness as H  # noqa: E402
+from threespo_verl.envs import make  # noqa: E402
+from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans  # noqa: E402
+
+pytestmark = pytest.mark.integration
+EPS = 1e-6
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from threespo_verl.models import build_tiny
+
+    root = tmp_path_factory.mktemp("verl_rollout")
+    model = root / "tiny"
+    build_tiny(model)
+    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, namespace=f"threespo-{uuid.uuid4().hex}",
+             runtime_env={"env_vars": {"PYTHONHASHSEED": "0", "TOKENIZERS_PARALLELISM": "false"}})
+    cfg = H.compose_config(model, root, [])
+    tq.init(cfg.transfer_queue)
+    yield model, root
+    tq.close()
+    ray.shutdown()
+
+
+def rig(cluster, overrides, policy=None, name=None):
+    model, root = cluster
+    name = name or uuid.uuid4().hex[:8]
+    return H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", *overrides], policy=policy)
+
+
+def extras(batch):
+    from threespo_verl.verl_glue.trainer import _extra_fields
+
+    return _extra_fields(batch)
+
+
+def fetch(batch, field):
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
+    return [t for t in data[field]]
+
+
+def hand_group_norm(values):
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return np.zeros_like(v)
+    return (v - v.mean()) / (v.std(ddof=1) + EPS)
+
+
+NOISY = ScriptedPolicy(p_malformed=0.3, low_value_weight=1.0)
+
+
+def test_round_rows_follow_the_branching_decisions(cluster):
+    r = rig(cluster, [], policy=NOISY)
+    tr = r.trainer
+    tr._refill()
+    reqs = tr.frontiers.requests()
+    assert len(reqs) == 2 and all(node.node_id == 0 for _, node in reqs)
+    td, uids = tr._requests_td(reqs)
+    tr._submit_batch_to_rollout(td)
+    batch, failed = tr.replay_buffer.collect(uids)
+    assert not failed
+    rows = defaultdict(list)
+    for key, e in zip(batch.keys, extras(batch)):
+        rows[key.split("_")[0]].append(e)
+    for (tree, node), uid in zip(reqs, uids):
+        es = rows[uid]
+        # empty store: S = 1 at every state, n(s) = ceil(8 * 1) = 8 (the budget 8 x 6 does not cap it)
+        assert {e["n_branches"] for e in es} == {8} and {e["score"] for e in es} == {1.0}
+        assert sum(e["merged"] for e in es) == 8  # 8 replies, merged into distinct actions
+        assert len({e["action_text"] for e in es}) == len(es)
+        # one group: children of this node of this tree
+        assert {(e["tree_id"], e["parent_node_id"]) for e in es} == {(tree.tree_id, node.node_id)}
+        for e in es:
+            # Eq.2 with S = 1 everywhere and N_total(s_t) = 0 (w = 0.5): R = 0.5 novel - 0.1 invalid + 0.5 won
+            novel = e["valid_action"] and e["child_state_key"] != e["state_key"]
+            want = 0.5 * novel - 0.1 * (not e["valid_action"]) + 0.5 * e["won"]
+            assert e["step_reward"] == pytest.approx(want)
+            assert set(e) >= {"task_id", "step_index", "node_id", "parent_node_id", "state_key", "branch",
+                              "r_novel", "r_score_diff", "r_success", "r_penalty", "valid_action",
+                              "min_global_steps", "max_global_steps"}
+    H.shutdown(r)
+
+
+def test_advantages_hand_computed_and_padding_joins_no_group(cluster):
+    from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
+
+    r = rig(cluster, [], policy=NOISY)
+    tr = r.trainer
+    tr._refill()
+    update, m = tr.run_round(tr.frontiers.requests())
+    assert m["expanded"] == 2 and m["pruned"] == 0
+    es = extras(update)
+    padded = upsample_batch_to_divisible_size(update, len(update) + 3, tr.tokenizer.eos_token_id)
+    n_pad = len(padded) - len(update)
+    assert n_pad == 3 and sum(t.get("is_padding", False) for t in padded.tags) == 3
+    tr._compute_advantage(padded, {})
+    adv = [float(a[0]) if a.numel() else 0.0 for a in fetch(padded, "advantages")]
+    scores = [float(s.sum()) for s in fetch(padded, "rm_scores")]
+    groups = defaultdict(list)
+    for i, e in enumerate(es):
+        groups[(e["tree_id"], e["parent_node_id"])].append(i)
+    want = np.zeros(len(update))
+    for idx in groups.values():
+        want[idx] = hand_group_norm([es[i]["step_reward"] for i in idx])
+    np.testing.assert_allclose(adv[: len(update)], want, atol=1e-5)
+    assert any(abs(a) > 0 for a in adv[: len(update)]), "scripted replies gave identical rewards everywhere"
+    # each row's reward is its own step reward (verl copied the last sibling's score onto all of them)
+    np.testing.assert_allclose(scores[: len(update)], [e["step_reward"] for e in es], atol=1e-6)
+    # padding rows: zero reward, zero advantage, no effect on the real rows' groups (checked above)
+    assert adv[len(update):] == [0.0] * n_pad and scores[len(update):] == [0.0] * n_pad
+    H.shutdown(r)
+
+
+def test_pruned_node_emits_nothing_and_statistics_wait_for_the_commit(cluster):
+    from threespo_verl.store.state_store import key_hash
+
+    r = rig(cluster, ["data.train_batch_size=1"], policy=NOISY)
+    tr = r.trainer
+    task = make("household").tasks("train")[7]
+    root = make("household").reset(task).state_key
+    # 10 failures through the root, recorded but not committed: S(root) is still 1 for this round
+    ray.get(tr.store.record_trajectories.remote([key_hash([root])] * 10, [False] * 10))
+    tr.frontiers.add([task])
+    update, m = tr.run_round(tr.frontiers.requests())
+    assert m["n_hist"] == [8] and len(update) >= 2
+    # run_round committed: N_fail = 10 >= xi and SR = 0 -> S = 0; a new tree of the task is pruned at its root
+    assert ray.get(tr.store.lookup.remote([root]))[0].tolist() == [10]
+    tr.frontiers.trees.clear()
+    tr.frontiers.add([task])
+    tree = tr.frontiers.trees[task.task_id]
+    before = len(tq.kv_list("train").get("train", {}))
+    update, m = tr.run_round(tr.frontiers.requests())
+    assert len(update) == 0 and m["pruned"] == 1 and m["n_hist"] == [0]
+    assert len(tq.kv_list("train").get("train", {})) == before  # nothing was written
+    assert tree.done and tree.trajectories[-1].end == "pruned"
+    # the pruned path was recorded by the rollout and became visible with this round's commit
+    assert ray.get(tr.store.lookup.remote([root]))[0].tolist() == [11]
+    H.shutdown(r)
+
+
+def test_singleton_groups_are_followed_but_not_trained_on(cluster):
+    always_look = ScriptedPolicy(goal_weight=0.0, low_value_weight=1.0, p_malformed=0.0,
+                                 plans=None, plan_weight=1.0)
+    r = rig(cluster, ["data.train_batch_size=1", "algorithm.threespo.g_max=1"], policy=always_look)
+    tr = r.trainer
+    tr._refill()
+    before = len(tq.kv_list("train").get("train", {}))
+    update, m = tr.run_round(tr.frontiers.requests())
+    # g_max = 1: n(s) = 1, a single child: followed (the tree advanced) but no update row, and nothing left in TQ
+    (tree,) = tr.frontiers.trees.values()
+    assert m["singleton"] == 1 and len(update) == 0 and tree.env_steps == 1 and tree.head != 0
+    assert len(tq.kv_list("train").get("train", {})) == before
+    H.shutdown(r)
+
+
+def _episode_rig(cluster, algo, n=4):
+    tasks = make("household").tasks("train")
+    policy = ScriptedPolicy(plans=household_plans(tasks[:64]), plan_weight=100.0, plan_move_weight=20.0,
+                            p_malformed=0.05)
+    return rig(cluster, [f"algorithm={algo}", f"actor_rollout_ref.rollout.n={n}", "env.max_steps=20",
+                         "data.train_batch_size=2", "data.shuffle=False", "data.train_max_samples=64"],
+               policy=policy)
+
+
+def _episodes(batch):
+    es = extras(batch)
+    by_session = defaultdict(list)
+    for i, (key, e) in enumerate(zip(batch.keys, es)):
+        uid, session, idx = key.rsplit("_", 2)
+        by_session[(uid, int(session))].append((int(idx), i))
+    return es, {s: [i for _, i in sorted(v)] for s, v in by_session.items()}
+
+
+def test_grpo_rows_and_advantages(cluster):
+    r = _episode_rig(cluster, "grpo")
+    tr = r.trainer
+    tr.prepare_step()
+    batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+    es, sessions = _episodes(batch)
+    assert len(sessions) == 8  # 2 tasks x rollout.n = 4 episodes
+    for rows in sessions.values():
+        assert [es[i]["step_index"] for i in rows] == list(range(len(rows)))  # one row per env step
+        assert es[rows[-1]]["done"] and not any(es[i]["done"] for i in rows[:-1])
+    tr._compute_advantage(batch, {})
+    adv = [float(a[0]) for a in fetch(batch, "advantages")]
+    scores = [float(s.sum()) for s in fetch(batch, "rm_scores")]
+    outcomes = {s: es[rows[-1]]["env_score"] for s, rows in sessions.items()}
+    assert len(set(outcomes.values())) > 1, "the scripted policy should win some episodes and lose others"
+    for uid in {s[0] for s in sessions}:
+        ss = sorted(s for s in sessions if s[0] == uid)
+        a_ep = hand_group_norm([outcomes[s] for s in ss])
+        for s, a in zip(ss, a_ep):
+            for i in sessions[s]:
+                assert adv[i] == pytest.approx(a, abs=1e-5)  # episode advantage broadcast to every step
+            # outcome on the last step only
+            assert [scores[i] for i in sessions[s]] == [0.0] * (len(sessions[s]) - 1) + [outcomes[s]]
+    H.shutdown(r)
+
+
+def test_gigpo_rows_and_advantages(cluster):
+    r = _episode_rig(cluster, "gigpo")
+    tr = r.trainer
+    gamma = float(r.config.algorithm.gigpo.gamma)
+    tr.prepare_step()
+    batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+    es, sessions = _episodes(batch)
+    tr._compute_advantage(batch, {})
+    adv = np.array([float(a[0]) for a in fetch(batch, "advantages")])
+    outcomes = {s: es[rows[-1]]["env_score"] for s, rows in sessions.items()}
+    want = np.zeros(len(es))
+    # episode part: outcome normalised over the task's rollout.n episodes, on every step
+    for uid in {s[0] for s in sessions}:
+        ss = sorted(s for s in sessions if s[0] == uid)
+        for s, a in zip(ss, hand_group_norm([outcomes[s] for s in ss])):
+            want[sessions[s]] += a
+    # step part: G_t = gamma^(T-1-t) R among the rows of the same task acting from the same anchor state
+    anchor = defaultdict(list)
+    g = np.zeros(len(es))
+    for s, rows in sessions.items():
+        for t, i in enumerate(rows):
+            g[i] = gamma ** (len(rows) - 1 - t) * outcomes[s]
+            anchor[(s[0], es[i]["state_key"])].append(i)
+    for idx in anchor.values():
+        want[idx] += hand_group_norm(g[idx])
+    np.testing.assert_allclose(adv, want, atol=1e-5)
+    assert np.abs(want).max() > 0
+    H.shutdown(r)
+
+
+def test_math_constants_of_the_fixture():
+    # the hand formulas above use torch-style unbiased std and eps = 1e-6, as verl's GRPO
+    assert math.isclose(hand_group_norm([0.0, 1.0])[1], 0.5 / (math.sqrt(0.5) + EPS))

@@ -1,0 +1,226 @@
+"""The agent loop ``threespo_step``: one node expansion (3SPO) or one full episode (GRPO, GiGPO, validation).
+
+verl's v1 ``AgentLoopWorkerTQ`` instantiates this loop for every session of a prompt row and puts the returned
+``AgentLoopOutput`` list into TransferQueue, one row per output (key ``{uid}_{session}_{i}``). The row's
+``threespo_request`` column (JSON) says what to do:
+
+* ``{"mode": "node", "task", "node_id", "prefix", "history", "path_keys", "max_branches", "round", ...}``:
+  restore the node's environment, read S and n(s) from the state store's last commit, issue n(s) concurrent
+  ``server_manager.generate`` calls that share one request id (the node's uid: the same vLLM replica and its prefix
+  cache), merge identical actions, step, score by Eq.2 and return one output per distinct branch. n = 0 returns
+  ``[]`` (verl writes nothing for an empty list) and records the pruned trajectory in the store.
+* ``{"mode": "episode", "task"}``: play the task to the end, one output per step, outcome on the last.
+
+Every output carries the same ``extra_fields`` keys (``EXTRA_KEYS``): the row metadata the trainer and the
+estimators read (``verl_glue/row_meta.py``), the reward components, what the tree needs about the child, and
+verl's ``min/max_global_steps``. ``reward_score`` is set on every output (so verl never calls a reward model);
+because verl copies the last output's score onto its siblings, the trainer takes each row's reward from
+``extra_fields["step_reward"]`` instead.
+
+Environments live at module level, one ``EnvCache`` per environment configuration and worker process, because
+verl builds a new loop instance per session; a child created by an expansion stays parked in the cache, so the
+followed child never replays. Model output never raises: a malformed reply is an invalid action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+
+from threespo_verl.envs import make
+from threespo_verl.envs.base import Task
+from threespo_verl.envs.restore import EnvCache
+from threespo_verl.rollout.expand import ActorScorer, Sample, ScoreParams, expand_node, play_episode
+from threespo_verl.rollout.tree import trajectory_keys
+from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs, env_settings
+
+#: the extra_fields keys of every output (identical across outputs, as DESIGN §5 asks)
+EXTRA_KEYS = (
+    "mode", "task_id", "task_type", "traj_id", "step_index", "node_id", "parent_node_id", "state_key", "round",
+    "branch", "n_branches", "n_score", "score", "n_total", "step_reward", "r_novel", "r_score_diff", "r_success",
+    "r_penalty", "valid_action", "parse_reason", "merged", "action", "action_text", "child_state_key", "child_obs",
+    "done", "won", "timeout", "env_score", "replayed_steps", "parent_obs", "tree_id", "prompt_truncated",
+    "min_global_steps",
+    "max_global_steps", "reward_extra_info",
+)
+
+logger = logging.getLogger("threespo_verl.agent_loop")
+_WARNED: dict[str, bool] = {}
+_CACHES: dict[str, EnvCache] = {}
+_STORE: dict[str, Any] = {}
+
+
+def env_cache(env: dict[str, Any]) -> EnvCache:
+    """This process's environment cache for one environment configuration (``env.max_parked_envs`` live envs)."""
+    kw = env_kwargs(env)
+    key = json.dumps([env["name"], kw], sort_keys=True)
+    if key not in _CACHES:
+        _CACHES[key] = EnvCache(lambda: make(env["name"], **kw), max_envs=int(env.get("max_parked_envs") or 256))
+    return _CACHES[key]
+
+
+def store_handle(name: str):
+    if name not in _STORE:
+        from threespo_verl.store.actor import get_store
+
+        _STORE[name] = get_store(name)
+    return _STORE[name]
+
+
+@register(AGENT_NAME)
+class StepRolloutAgentLoop(AgentLoopBase):
+    """Node expansion / episode agent loop (see module docstring)."""
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> list[AgentLoopOutput]:
+        req = json.loads(kwargs[REQUEST_KEY])
+        self._env = env_settings(self.config.data)
+        self._algo = self.config.algorithm
+        self._tcfg = self._algo.get("threespo", {})
+        self._uid = str(kwargs.get("uid", "req"))
+        self._session = int(kwargs.get("session_id", 0))
+        self._sampling = dict(sampling_params)
+        step_tokens = self._env.get("max_tokens_per_step")
+        if step_tokens:
+            self._sampling["max_tokens"] = int(step_tokens)
+        self._gen_time = 0.0
+        self._truncated = 0
+        task = Task(**req["task"])
+        if req["mode"] == "node":
+            return await self._run_node(task, req)
+        if req["mode"] == "episode":
+            return await self._run_episode(task, req)
+        raise ValueError(f"{REQUEST_KEY}.mode must be 'node' or 'episode', got {req['mode']!r}")
+
+    # ---- the policy ----------------------------------------------------------------------------------------------
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                  **self.apply_chat_template_kwargs)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        limit = int(self.rollout_config.prompt_length)
+        if len(ids) <= limit:
+            return ids
+        # keep the end of an over-long prompt (the current observation and the answer format live there); counted in
+        # every row's extra_fields["prompt_truncated"] and warned about once per worker
+        self._truncated = max(self._truncated, len(ids) - limit)
+        if not _WARNED.get("prompt"):
+            _WARNED["prompt"] = True
+            logger.warning("prompt of %d tokens exceeds rollout.prompt_length=%d (data.max_prompt_length); its "
+                           "first %d tokens are dropped. Raise data.max_prompt_length or lower env.history_length",
+                           len(ids), limit, len(ids) - limit)
+        return ids[-limit:]
+
+    async def _sample(self, messages: list[dict[str, str]], n: int, seed_base: str | None = None) -> list[Sample]:
+        prompt_ids = self._prompt_ids(messages)
+        t0 = time.perf_counter()
+
+        async def one(i: int):
+            params = dict(self._sampling)
+            if seed_base is not None and self._tcfg.get("sample_seed", None) is not None:
+                params["seed"] = _stable_seed(f"{self._tcfg['sample_seed']}/{seed_base}/{i}")
+            return await self.server_manager.generate(request_id=self._uid, prompt_ids=prompt_ids,
+                                                      sampling_params=params)
+
+        outs = await asyncio.gather(*[one(i) for i in range(n)])
+        self._gen_time += time.perf_counter() - t0
+        return [Sample(text=self.tokenizer.decode(o.token_ids, skip_special_tokens=True), payload=(prompt_ids, o))
+                for o in outs]
+
+    def _output(self, sample: Sample, reward: float, extra: dict[str, Any]) -> AgentLoopOutput:
+        prompt_ids, tok = sample.payload
+        response_ids = list(tok.token_ids) or [self.tokenizer.eos_token_id]
+        logprobs = list(tok.log_probs) if tok.log_probs is not None else None
+        if logprobs is not None and len(logprobs) != len(response_ids):
+            logprobs = (logprobs + [0.0] * len(response_ids))[: len(response_ids)]
+        extra = dict(extra)
+        extra["prompt_truncated"] = self._truncated
+        extra["min_global_steps"] = tok.extra_fields.get("min_global_steps")
+        extra["max_global_steps"] = tok.extra_fields.get("max_global_steps")
+        missing = set(EXTRA_KEYS) - set(extra)
+        if missing:
+            raise AssertionError(f"agent loop output lacks extra_fields {sorted(missing)}")
+        fields = dict(prompt_ids=list(prompt_ids), response_ids=response_ids, response_mask=[1] * len(response_ids),
+                      reward_score=float(reward), num_turns=2,
+                      metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=extra)
+        if self.rollout_config.calculate_log_probs:
+            fields["response_logprobs"] = logprobs if logprobs is not None else [0.0] * len(response_ids)
+        return AgentLoopOutput(**fields)
+
+    # ---- 3SPO node expansion -------------------------------------------------------------------------------------
+    async def _run_node(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
+        cache = env_cache(self._env)
+        params = ScoreParams.from_config(self._tcfg)
+        store = store_handle(self._tcfg.get("store_name", None) or "threespo_state_store")
+        prefix = tuple(req["prefix"])
+        history = [tuple(h) for h in req["history"]]
+        node_id = int(req["node_id"])
+        exp = await expand_node(
+            task, prefix, history, cache,
+            lambda messages, n: self._sample(messages, n, seed_base=f"{task.task_id}/{node_id}"),
+            ActorScorer(store), params, max_branches=int(req["max_branches"]),
+            history_length=int(self._env.get("history_length", 2)), few_shot=bool(self._env.get("few_shot", False)),
+            reasoning=bool(self._env.get("reasoning", True)))
+        path = list(req["path_keys"])
+        if exp.pruned:
+            # the path ends here (DESIGN §2.6): record it now, visible after the trainer's next commit
+            await store.record_trajectory.remote(trajectory_keys(path, exp.state_key), False)
+            return []
+        ended = [(trajectory_keys(path, exp.state_key, b.state_key), b.won) for b in exp.branches if b.done]
+        if ended:
+            await store.record_trajectories.remote([k for k, _ in ended], [w for _, w in ended])
+        outputs = []
+        for i, b in enumerate(exp.branches):
+            extra = {
+                "mode": "node", "task_id": task.task_id, "task_type": task.task_type,
+                "traj_id": f"{node_id}/{i}", "step_index": len(prefix), "node_id": -1, "parent_node_id": node_id,
+                "state_key": exp.state_key, "round": int(req["round"]), "branch": i, "n_branches": exp.n_branches,
+                "n_score": exp.n_score, "score": exp.score, "n_total": exp.n_total, "step_reward": b.reward,
+                "r_novel": b.r_novel, "r_score_diff": b.r_score_diff, "r_success": b.r_success,
+                "r_penalty": b.r_penalty, "valid_action": b.valid, "parse_reason": b.parse_reason,
+                "merged": b.merged, "action": b.action, "action_text": b.action_text,
+                "child_state_key": b.state_key, "child_obs": b.obs_text, "done": b.done, "won": b.won,
+                "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": exp.replayed_steps,
+                "parent_obs": exp.obs_text, "tree_id": req["tree_id"],
+                "reward_extra_info": {"won": float(b.won), "step_reward": b.reward},
+            }
+            outputs.append(self._output(b.sample, b.reward, extra))
+        return outputs
+
+    # ---- trajectory mode -----------------------------------------------------------------------------------------
+    async def _run_episode(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
+        env = make(self._env["name"], **env_kwargs(self._env))
+        try:
+            steps = await play_episode(
+                task, env, lambda messages, n: self._sample(messages, n),
+                history_length=int(self._env.get("history_length", 2)),
+                few_shot=bool(self._env.get("few_shot", False)), reasoning=bool(self._env.get("reasoning", True)))
+        finally:
+            env.close()
+        last = steps[-1].branch
+        info = {"won": float(last.won), "score": last.env_reward, "episode_length": float(len(steps)),
+                "invalid_rate": sum(not s.branch.valid for s in steps) / len(steps)}
+        outputs = []
+        for t, s in enumerate(steps):
+            b = s.branch
+            extra = {
+                "mode": "episode", "task_id": task.task_id, "task_type": task.task_type, "traj_id": f"{self._uid}/{self._session}",
+                "step_index": t, "node_id": t + 1, "parent_node_id": t, "state_key": s.state_key, "round": -1,
+                "branch": 0, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0, "step_reward": b.reward,
+                "r_novel": 0.0, "r_score_diff": 0.0, "r_success": b.r_success, "r_penalty": 0.0,
+                "valid_action": b.valid, "parse_reason": b.parse_reason, "merged": 1, "action": b.action,
+                "action_text": b.action_text, "child_state_key": b.state_key, "child_obs": "", "done": b.done,
+                "won": b.won, "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": 0,
+                "parent_obs": "", "tree_id": self._uid, "reward_extra_info": info,
+            }
+            outputs.append(self._output(b.sample, last.env_reward, extra))
+        return outputs
+
+
+def _stable_seed(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF

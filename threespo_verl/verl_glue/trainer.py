@@ -1,0 +1,606 @@
+"""The v1 trainer mode ``threespo`` (``trainer.v1.trainer_mode=threespo``): verl's sync PPO trainer driving 3SPO's
+expansion rounds, and GRPO/GiGPO's episodes, through the same agent loop, environments and metrics.
+
+What it changes in ``PPOTrainerSync`` (every other stage, from old log-probs to the actor update and the weight sync,
+is verl's own):
+
+* ``step`` (``algorithm.name=3spo``): keeps one search tree per task in flight (``rollout/tree.py``: ranked
+  best-first backtracking DFS, per-task env-step budget, trajectory cap), refilled from verl's dataloader as trees
+  finish. Each *round* sends one node-expansion request per tree through verl's ``AgentLoopManagerTQ``, waits for
+  exactly those groups in the replay buffer (``RoundReplayBuffer.collect``: a pruned node is a finished group with no
+  rows), feeds the children back into the trees and commits the state store (scores of the next round see this
+  round's trajectories, never earlier). Singleton groups (n = 1, or every reply the same action) are followed but
+  give no update row. ``update_mode=post_step`` updates after every round that yields at least ``min_update_rows``
+  rows; ``post_trajectory`` keeps expanding until every tree of the batch is finished, then updates once. The
+  collected rows then run through verl's ``_step_once`` unchanged (the buffer hands them over as the "sample").
+* GRPO / GiGPO: verl's own prompt flow, ``rollout.n`` episode sessions per task.
+* ``_compute_advantage``: each row's reward is ``extra_fields["step_reward"]`` at its last response token (verl
+  copies the last output's ``reward_score`` onto the other outputs of a session); the per-row metadata reaches the
+  ``3spo``/``gigpo`` estimators through ``row_meta.row_metadata``; padding rows (``is_padding``) join no group.
+* ``_get_required_batch_multiple`` / ``_update_actor``: exactly ``algorithm.optim_steps_per_update`` optimizer steps
+  per update whatever the number of rows (the batch is padded to a multiple of ``dp x K x rollout.n`` and each
+  update's mini-batch size is rows / K).
+* checkpoints: ``threespo_state.json`` (frontiers, task queue, round, counters) and ``state_store.npz`` are written
+  into verl's ``global_step_N`` folder *before* verl writes its tracker file, and read back on resume; the metrics
+  JSONL is cut back to the resumed step, so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+import transfer_queue as tq
+from omegaconf import open_dict
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+from verl.workers.utils.padding import response_to_nested
+
+from threespo_verl.envs.base import Task
+from threespo_verl.rollout.expand import ScoreParams
+from threespo_verl.rollout.tree import ChildOutcome, Frontiers, TaskTree
+from threespo_verl.store.state_store import key_hash
+from threespo_verl.verl_glue import row_meta as rm
+from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY
+
+logger = logging.getLogger("threespo_verl.trainer")
+
+TRAINER_MODE = "threespo"
+STATE_FILE = "threespo_state.json"
+STORE_FILE = "state_store.npz"
+METRICS_FILE = "metrics.jsonl"
+#: a node whose expansion raised this many times is pruned (logged), so one broken task cannot stall training
+MAX_NODE_FAILURES = 3
+
+
+class RoundReplayBuffer(ReplayBuffer):
+    """verl's sync ``ReplayBuffer`` with what 3SPO's rounds need on top:
+
+    * ``collect(uids)``: wait until *all* of one round's groups are terminal and materialise them, including groups
+      with no rows (pruned nodes); the base ``sample`` waits for a count of groups and refuses all-empty batches;
+    * ``stage(batch)``: the next ``sample`` of the train partition returns this batch, so verl's ``_step_once`` runs
+      on the round's rows unchanged.
+    """
+
+    def __init__(self, *args, poll_interval: float = 0.05, **kwargs) -> None:
+        super().__init__(*args, poll_interval=poll_interval, **kwargs)
+        self._staged: KVBatchMeta | None = None
+
+    def collect(self, uids: list[str], partition_id: str = "train",
+                timeout_s: float | None = None) -> tuple[KVBatchMeta, set[str]]:
+        wanted = set(uids)
+        t0 = time.time()
+        while True:
+            self._sync_metadata_from_transfer_queue()
+            terminal = self.finished_keys[partition_id] | self.failure_keys[partition_id]
+            if wanted <= terminal:
+                break
+            if timeout_s is not None and time.time() - t0 > timeout_s:
+                raise TimeoutError(f"{len(wanted - terminal)} of {len(wanted)} node expansions did not finish in "
+                                   f"{timeout_s:.0f} s")
+            time.sleep(self.poll_interval)
+        failed = wanted & self.failure_keys[partition_id]
+        batch = self._materialize_batch(partition_id, list(uids), dict(self.partitions[partition_id]))
+        return batch, failed
+
+    def stage(self, batch: KVBatchMeta) -> None:
+        self._staged = batch
+
+    def sample(self, global_steps: int, partition_id: str, batch_size: int):
+        if partition_id == "train" and self._staged is not None:
+            batch, self._staged = self._staged, None
+            return batch, {}
+        return super().sample(global_steps, partition_id, batch_size)
+
+
+def _concat(batches: list[KVBatchMeta], partition_id: str = "train") -> KVBatchMeta:
+    keys = [k for b in batches for k in b.keys]
+    tags = [t for b in batches for t in b.tags]
+    return KVBatchMeta(partition_id=partition_id, keys=keys, tags=tags)
+
+
+def _select(batch: KVBatchMeta, keep: list[bool]) -> tuple[KVBatchMeta, list[str]]:
+    kept = KVBatchMeta(partition_id=batch.partition_id, keys=[k for k, m in zip(batch.keys, keep) if m],
+                       tags=[t for t, m in zip(batch.tags, keep) if m])
+    return kept, [k for k, m in zip(batch.keys, keep) if not m]
+
+
+def _extra_fields(batch: KVBatchMeta) -> list[dict[str, Any]]:
+    if not len(batch):
+        return []
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+    return [getattr(e, "data", e) for e in data.pop("extra_fields").tolist()]
+
+
+@register_trainer(TRAINER_MODE)
+class ThreeSPOTrainer(PPOTrainerSync):
+    """See the module docstring."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        # verl's base class reads trainer_mode != "sync" as "an async mode"; this trainer has sync semantics
+        self.trainer_mode = "sync"
+        self.algo = str(config.algorithm.get("name", "3spo"))
+        self.tcfg = config.algorithm.threespo
+        self.params = ScoreParams.from_config(self.tcfg)
+        self.env_cfg = config.env
+        budget = self.tcfg.get("env_step_budget", None) or self.params.g_max * int(self.env_cfg.max_steps)
+        self.frontiers = Frontiers(int(budget), int(self.tcfg.max_trajectories_per_task))
+        self.task_queue: list[Task] = []
+        self.round = 0
+        self.counters: Counter = Counter()
+        self.unique_states: set[int] = set()
+        self.node_failures: Counter = Counter()
+        self.optim_steps = int(config.algorithm.get("optim_steps_per_update", 1) or 1)
+        self.metrics_path = os.path.join(config.trainer.default_local_dir, METRICS_FILE)
+        self.store = None
+        if self.algo == "3spo":
+            if self.parameter_sync_step != 1:
+                raise ValueError("algorithm=3spo updates once per expansion round; set "
+                                 "trainer.v1.threespo.parameter_sync_step=1")
+            from threespo_verl.store.actor import get_or_create_store
+
+            self.store = get_or_create_store(self.tcfg.get("store_name", None) or "threespo_state_store")
+
+    # ---- verl hooks: replay buffer -------------------------------------------------------------------------------
+    def _build_replay_buffer(self) -> ReplayBuffer:
+        s = self.config.trainer.v1.sampler
+        return RoundReplayBuffer(trainer_mode="sync", trainer_config={}, max_off_policy_threshold=None,
+                                 max_off_policy_strategy=s.get("max_off_policy_strategy", "drop"),
+                                 sampler_kwargs=s.get("sampler_kwargs", {}), refill_fn=self._add_prompts_to_generate,
+                                 train_batch_size=self.config.data.train_batch_size,
+                                 gen_batch_size=self.config.data.get("gen_batch_size", None)
+                                 or self.config.data.train_batch_size)
+
+    # ---- one training step ---------------------------------------------------------------------------------------
+    def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
+        if self.algo != "3spo":
+            return super().step(metrics, timing_raw)
+        from verl.utils.debug import marked_timer
+
+        with marked_timer("explore", timing_raw, color="red"):
+            batch, explore_metrics = self.explore()
+        metrics.update(explore_metrics)
+        self.replay_buffer.stage(batch)
+        self.local_trigger_step = 0
+        return self._step_once(metrics, timing_raw, sample_batch_size=0)
+
+    def explore(self) -> tuple[KVBatchMeta, dict[str, float]]:
+        """Run expansion rounds until the update condition holds (``update_mode``, ``min_update_rows``); return the
+        update rows (every group of >= 2 children) and the rounds' metrics."""
+        min_rows = int(self.tcfg.get("min_update_rows", 1) or 1)
+        post_trajectory = self.tcfg.get("update_mode", "post_step") == "post_trajectory"
+        max_rounds = int(self.tcfg.get("max_rounds_per_update", 0) or 0) or 10 * self.frontiers.budget
+        kept: list[KVBatchMeta] = []
+        acc: dict[str, list] = defaultdict(list)
+        n_rows, rounds = 0, 0
+        batch_trees: set[str] | None = None
+        while True:
+            self._refill()
+            if batch_trees is None:
+                batch_trees = {t.tree_id for t in self.frontiers.trees.values()}
+            reqs = self.frontiers.requests()
+            update, rm_ = self.run_round(reqs)
+            for k, v in rm_.items():
+                acc[k].append(v)
+            kept.append(update)
+            n_rows += len(update)
+            rounds += 1
+            self._retire(acc)
+            if post_trajectory:
+                live = {t.tree_id for t in self.frontiers.trees.values()}
+                done = not (batch_trees & live)
+            else:
+                done = True
+            if done and n_rows >= min_rows:
+                break
+            if done and post_trajectory:
+                batch_trees = None  # the batch's trees are done but gave too few rows: take the next batch
+            if rounds >= max_rounds:
+                raise RuntimeError(f"3SPO: {rounds} expansion rounds produced only {n_rows} update rows (< "
+                                   f"min_update_rows={min_rows}); every group was a singleton or pruned. Lower "
+                                   f"algorithm.threespo.min_update_rows or check the policy's replies")
+        batch = _concat(kept)
+        metrics = self._explore_metrics(acc, rounds, n_rows)
+        return batch, metrics
+
+    # ---- rounds --------------------------------------------------------------------------------------------------
+    def _refill(self) -> None:
+        """Fill the frontiers up to ``data.train_batch_size`` trees with tasks from verl's dataloader."""
+        want = int(self.config.data.train_batch_size)
+        guard = 0
+        while len(self.frontiers) < want:
+            if not self.task_queue:
+                chunk = self._fetch_one_gen_batch()
+                self.task_queue.extend(Task(**json.loads(r)["task"]) for r in chunk[REQUEST_KEY])
+            task = self.task_queue.pop(0)
+            if task.task_id in self.frontiers.trees:
+                self.task_queue.append(task)  # already being explored: serve it after its tree is done
+                guard += 1
+                if guard > 4 * want + len(self.task_queue):
+                    break  # fewer distinct tasks than slots
+                continue
+            self.frontiers.add([task])
+
+    def _requests_td(self, reqs: list[tuple[TaskTree, Any]]) -> tuple[TensorDict, list[str]]:
+        uids, rows = [], []
+        for tree, node in reqs:
+            uid = uuid.uuid4().hex  # no "_": verl splits keys on it
+            uids.append(uid)
+            rows.append(json.dumps({
+                "mode": "node", "task": dataclasses.asdict(tree.task), "tree_id": tree.tree_id,
+                "node_id": node.node_id, "prefix": list(node.actions), "history": tree.history(node),
+                "path_keys": list(tree.path_keys(node)), "round": self.round,
+                "max_branches": min(self.params.g_max, tree.remaining_budget),
+            }))
+        n = len(reqs)
+        raw_prompt = np.empty(n, dtype=object)  # verl counts prompts by this column; the loop builds its own
+        for i, (tree, _node) in enumerate(reqs):
+            raw_prompt[i] = [{"role": "user", "content": tree.task_id}]
+        batch = {
+            "uid": np.array(uids, dtype=object),
+            "index": np.arange(n, dtype=np.int64),
+            "raw_prompt": raw_prompt,
+            "data_source": np.array([f"{t.task.env_name}/{t.task.task_type}" for t, _ in reqs], dtype=object),
+            "agent_name": np.array([AGENT_NAME] * n, dtype=object),
+            REQUEST_KEY: np.array(rows, dtype=object),
+            "__rollout_n__": np.array([1] * n, dtype=object),
+        }
+        td = tu.get_tensordict(batch)
+        tu.assign_non_tensor_data(td, "global_steps", self.global_steps)
+        return td, uids
+
+    def run_round(self, reqs: list[tuple[TaskTree, Any]]) -> tuple[KVBatchMeta, dict[str, Any]]:
+        """Expand one node per request through verl's agent loop; update the trees and commit the store. Returns
+        the update rows (groups of >= 2 children; singleton rows are cleared from TransferQueue) and raw metrics."""
+        import ray
+
+        td, uids = self._requests_td(reqs)
+        self._submit_batch_to_rollout(td)
+        batch, failed = self.replay_buffer.collect(uids)
+        extras = _extra_fields(batch)
+        by_uid: dict[str, list[tuple[int, int]]] = defaultdict(list)  # uid -> [(output index, row position)]
+        for pos, key in enumerate(batch.keys):
+            uid, _session, idx = key.rsplit("_", 2)
+            by_uid[uid].append((int(idx), pos))
+        keep = [False] * len(batch)
+        m: dict[str, Any] = {"n_hist": [], "pruned": 0, "expanded": 0, "singleton": 0, "failed": 0,
+                             "env_steps": 0, "llm_calls": 0, "replayed": 0, "r_novel": [], "r_score_diff": [],
+                             "r_success": [], "r_penalty": [], "reward": [], "invalid": [], "states": set()}
+        for (tree, node), uid in zip(reqs, uids):
+            rows = [pos for _, pos in sorted(by_uid.get(uid, []))]
+            if uid in failed and not rows:
+                self.node_failures[(tree.tree_id, node.node_id)] += 1
+                m["failed"] += 1
+                if self.node_failures[(tree.tree_id, node.node_id)] >= MAX_NODE_FAILURES:
+                    logger.warning("3SPO: expanding node %s of %s failed %d times; pruning it", node.node_id,
+                                   tree.task_id, MAX_NODE_FAILURES)
+                    tree.prune(node.node_id)
+                continue
+            if not rows:
+                # n(s) = 0: the agent loop emitted nothing and recorded the pruned trajectory in the store
+                tree.prune(node.node_id)
+                m["pruned"] += 1
+                m["n_hist"].append(0)
+                continue
+            es = [extras[p] for p in rows]
+            e0 = es[0]
+            tree.expand(node.node_id, e0["state_key"], e0["parent_obs"], [
+                ChildOutcome(action=e["action"], action_text=e["action_text"], state_key=e["child_state_key"],
+                             obs_text=e["child_obs"], reward=float(e["step_reward"]), done=bool(e["done"]),
+                             won=bool(e["won"])) for e in es])
+            m["expanded"] += 1
+            m["n_hist"].append(int(e0["n_branches"]))
+            m["env_steps"] += len(es)
+            m["llm_calls"] += int(e0["n_branches"])
+            m["replayed"] += int(e0["replayed_steps"])
+            m["states"].add(e0["state_key"])
+            for e in es:
+                m["states"].add(e["child_state_key"])
+                for k in ("r_novel", "r_score_diff", "r_success", "r_penalty"):
+                    m[k].append(float(e[k]))
+                m["reward"].append(float(e["step_reward"]))
+                m["invalid"].append(0.0 if e["valid_action"] else 1.0)
+            if len(rows) >= 2:
+                for p in rows:
+                    keep[p] = True
+            else:
+                m["singleton"] += 1
+        update, dropped = _select(batch, keep)
+        if dropped:
+            tq.kv_clear(keys=dropped, partition_id=batch.partition_id)
+        ray.get(self.store.commit.remote())
+        self.round += 1
+        hashes = key_hash(sorted(m.pop("states"))).tolist()
+        m["new_states"] = sum(1 for h in hashes if h not in self.unique_states)
+        self.unique_states.update(hashes)
+        m["state_hashes"] = hashes
+        return update, m
+
+    def _retire(self, acc: dict[str, list]) -> list[TaskTree]:
+        done = self.frontiers.retire()
+        for tree in done:
+            acc["tree_solved"].append((tree.task.task_type, float(tree.solved)))
+            acc["tree_trajectories"].append(len(tree.trajectories))
+            acc["tree_env_steps"].append(tree.env_steps)
+            acc["tree_states"].append(len(tree.state_keys()))
+            for traj in tree.trajectories:
+                acc["traj_len"].append(traj.length)
+                acc["traj_end"].append(traj.end)
+            self.counters["trees_finished"] += 1
+            self.counters["trees_solved"] += int(tree.solved)
+        return done
+
+    def _explore_metrics(self, acc: dict[str, list], rounds: int, n_rows: int) -> dict[str, float]:
+        rounds_m = [r for r in acc.get("n_hist", [])]
+        n_hist = [n for r in rounds_m for n in r]
+        flat = {k: [x for r in acc.get(k, []) for x in r] for k in ("r_novel", "r_score_diff", "r_success",
+                                                                      "r_penalty", "reward", "invalid")}
+        nodes = sum(acc.get("expanded", [])) + sum(acc.get("pruned", []))
+        env_steps = sum(acc.get("env_steps", []))
+        self.counters["env_steps"] += env_steps
+        self.counters["llm_calls"] += sum(acc.get("llm_calls", []))
+        self.counters["replayed_steps"] += sum(acc.get("replayed", []))
+        self.counters["rounds"] += rounds
+        out: dict[str, float] = {
+            "explore/rounds": rounds,
+            "explore/update_rows": n_rows,
+            "explore/nodes": nodes,
+            "explore/pruned_rate": sum(acc.get("pruned", [])) / max(1, nodes),
+            "explore/singleton_group_rate": sum(acc.get("singleton", [])) / max(1, sum(acc.get("expanded", []))),
+            "explore/failed_nodes": sum(acc.get("failed", [])),
+            "explore/env_steps": env_steps,
+            "explore/llm_calls": sum(acc.get("llm_calls", [])),
+            "explore/replayed_env_steps": sum(acc.get("replayed", [])),
+            "explore/replayed_fraction": sum(acc.get("replayed", [])) / max(1, env_steps),
+            "explore/unique_states": len({h for r in acc.get("state_hashes", []) for h in r}),
+            "explore/new_states": sum(acc.get("new_states", [])),
+            "explore/cumulative_unique_states": len(self.unique_states),
+            "explore/cumulative_env_steps": self.counters["env_steps"],
+            "explore/cumulative_llm_calls": self.counters["llm_calls"],
+            "explore/trees_finished": self.counters["trees_finished"],
+        }
+        for n in range(self.params.g_max + 1):
+            out[f"explore/n_hist/{n}"] = sum(1 for x in n_hist if x == n)
+        if n_hist:
+            out["explore/n_mean"] = float(np.mean(n_hist))
+        for k, v in flat.items():
+            if v:
+                out[f"explore/reward/{k}_mean"] = float(np.mean(v))
+        solved = acc.get("tree_solved", [])
+        if solved:
+            out["explore/success"] = float(np.mean([s for _, s in solved]))
+            per_type = defaultdict(list)
+            for ttype, s in solved:
+                per_type[ttype].append(s)
+            for ttype, v in sorted(per_type.items()):
+                out[f"explore/success/{ttype}"] = float(np.mean(v))
+            out["explore/tree_trajectories_mean"] = float(np.mean(acc["tree_trajectories"]))
+            out["explore/tree_states_mean"] = float(np.mean(acc["tree_states"]))
+        if acc.get("traj_len"):
+            out["explore/episode_length_mean"] = float(np.mean(acc["traj_len"]))
+            ends = Counter(acc["traj_end"])
+            for end in ("won", "failed", "pruned"):
+                out[f"explore/trajectory_end/{end}"] = ends.get(end, 0)
+        stats = self._store_stats()
+        if stats:
+            out["explore/store_states"] = stats["states"]
+            out["explore/store_t"] = stats["t"]
+        return out
+
+    def _store_stats(self) -> dict[str, int] | None:
+        if self.store is None:
+            return None
+        import ray
+
+        return ray.get(self.store.stats.remote())
+
+    # ---- advantage -----------------------------------------------------------------------------------------------
+    def _row_rewards_to_tq(self, batch: KVBatchMeta, extras: list[dict[str, Any]]) -> None:
+        """rm_scores of every row := its own step reward at the last response token (padding rows keep 0)."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
+        mask = data["response_mask"]
+        lens = mask.offsets().diff().tolist()
+        width = max(lens) if lens else 1
+        scores = torch.zeros(len(batch), width, dtype=torch.float32)
+        for i, (tag, e, n) in enumerate(zip(batch.tags, extras, lens)):
+            if not tag.get("is_padding", False) and n > 0:
+                scores[i, n - 1] = float(e["step_reward"])
+        out = TensorDict({"rm_scores": response_to_nested(scores, mask)}, batch_size=len(batch))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
+
+    def row_metadata(self, batch: KVBatchMeta, extras: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The per-row metadata of ``row_meta`` for this batch, aligned with ``batch.keys``."""
+        pad = np.array([bool(t.get("is_padding", False)) for t in batch.tags])
+        return {
+            # trees scope 3SPO's node ids; episode rows are scoped by verl's uid (one submission of a task)
+            rm.TASK_ID: np.array([e["tree_id"] for e in extras], dtype=object),
+            rm.TRAJ_ID: np.array([e["traj_id"] for e in extras], dtype=object),
+            rm.STEP_INDEX: np.array([int(e["step_index"]) for e in extras], dtype=np.int64),
+            rm.NODE_ID: np.array([int(e["node_id"]) for e in extras], dtype=np.int64),
+            rm.PARENT_NODE_ID: np.array([int(e["parent_node_id"]) for e in extras], dtype=np.int64),
+            rm.STATE_KEY: np.array([e["state_key"] for e in extras], dtype=object),
+            rm.ROUND: np.array([int(e["round"]) for e in extras], dtype=np.int64),
+            rm.IS_PAD: pad,
+        }
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        extras = _extra_fields(batch)
+        self._row_rewards_to_tq(batch, extras)
+        with rm.row_metadata(self.row_metadata(batch, extras)):
+            return super()._compute_advantage(batch, metrics)
+
+    # ---- fixed number of optimizer steps per update --------------------------------------------------------------
+    def _get_required_batch_multiple(self, dp_size: int) -> int:
+        n = int(self.config.actor_rollout_ref.rollout.n)
+        multiple = math.lcm(dp_size, n) * self.optim_steps
+        if self.use_critic:
+            multiple = math.lcm(multiple, dp_size * self.optim_steps)
+        return multiple
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        # verl sizes mini-batches as actor.ppo_mini_batch_size x rollout.n rows; for exactly K optimizer steps the
+        # size becomes rows / K for this update (the batch is padded to a multiple of K, see above)
+        actor = self.config.actor_rollout_ref.actor
+        n = int(self.config.actor_rollout_ref.rollout.n)
+        saved = actor.ppo_mini_batch_size
+        with open_dict(self.config):
+            actor.ppo_mini_batch_size = len(batch) // self.optim_steps // n
+        try:
+            return super()._update_actor(batch, metrics)
+        finally:
+            with open_dict(self.config):
+                actor.ppo_mini_batch_size = saved
+
+    # ---- metrics -------------------------------------------------------------------------------------------------
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        if self.algo != "3spo":
+            metrics.update(self._episode_metrics(batch))
+        self._append_jsonl(global_steps, metrics)
+
+    def _episode_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+        real = KVBatchMeta(partition_id=batch.partition_id,
+                           keys=[k for k, t in zip(batch.keys, batch.tags) if not t.get("is_padding", False)],
+                           tags=[t for t in batch.tags if not t.get("is_padding", False)])
+        extras = _extra_fields(real)
+        if not extras:
+            return {}
+        last: dict[str, dict] = {}
+        states: set[str] = set()
+        for e in extras:
+            states.add(e["state_key"])
+            states.add(e["child_state_key"])
+            if e["done"]:
+                last[e["traj_id"]] = e
+        hashes = key_hash(sorted(states)).tolist()
+        new = sum(1 for h in hashes if h not in self.unique_states)
+        self.unique_states.update(hashes)
+        self.counters["env_steps"] += len(extras)
+        self.counters["llm_calls"] += len(extras)
+        out = {"episode/env_steps": len(extras), "episode/unique_states": len(states), "episode/new_states": new,
+               "explore/cumulative_unique_states": len(self.unique_states),
+               "explore/cumulative_env_steps": self.counters["env_steps"],
+               "explore/cumulative_llm_calls": self.counters["llm_calls"],
+               "episode/invalid_rate": float(np.mean([not e["valid_action"] for e in extras]))}
+        if last:
+            out["episode/success"] = float(np.mean([e["won"] for e in last.values()]))
+            out["episode/length_mean"] = float(np.mean([e["step_index"] + 1 for e in last.values()]))
+            per_type = defaultdict(list)
+            for e in last.values():
+                per_type[e["task_type"]].append(float(e["won"]))
+            for ttype, v in sorted(per_type.items()):
+                out[f"episode/success/{ttype}"] = float(np.mean(v))
+        return out
+
+    def _append_jsonl(self, step: int, metrics: dict) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
+        row = {"step": int(step), "algorithm": self.algo}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                row[k] = float(v)
+            elif isinstance(v, torch.Tensor) and v.numel() == 1:
+                row[k] = float(v.item())
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+    def threespo_state(self) -> dict[str, Any]:
+        return {
+            "version": 1, "algorithm": self.algo, "round": self.round, "global_steps": self.global_steps,
+            "frontiers": self.frontiers.state_dict(),
+            "task_queue": [dataclasses.asdict(t) for t in self.task_queue],
+            "counters": dict(self.counters), "unique_states": sorted(self.unique_states),
+            "node_failures": [[list(k), v] for k, v in self.node_failures.items()],
+        }
+
+    def load_threespo_state(self, d: dict[str, Any]) -> None:
+        self.round = int(d["round"])
+        self.frontiers = Frontiers.from_state_dict(d["frontiers"])
+        self.task_queue = [Task(**t) for t in d["task_queue"]]
+        self.counters = Counter(d["counters"])
+        self.unique_states = set(d["unique_states"])
+        self.node_failures = Counter({tuple(k): v for k, v in d["node_failures"]})
+
+    def save_threespo_state(self, folder: str) -> None:
+        """Write this trainer's state (and the store's committed snapshot) atomically into ``folder``."""
+        import ray
+
+        os.makedirs(folder, exist_ok=True)
+        if self.store is not None:
+            ray.get(self.store.save.remote(os.path.join(folder, STORE_FILE)))
+        tmp = os.path.join(folder, f".{STATE_FILE}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.threespo_state(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, STATE_FILE))
+
+    def restore_threespo_state(self, folder: str) -> None:
+        import ray
+
+        path = os.path.join(folder, STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"resuming from {folder}, but it has no {STATE_FILE}: it was not written by the "
+                                    f"threespo trainer mode (set trainer.resume_mode=disable to start afresh)")
+        with open(path, encoding="utf-8") as f:
+            self.load_threespo_state(json.load(f))
+        store_path = os.path.join(folder, STORE_FILE)
+        if self.store is not None and os.path.exists(store_path):
+            ray.get(self.store.load.remote(store_path))
+        self._truncate_jsonl(self.global_steps)
+
+    def _truncate_jsonl(self, last_step: int) -> None:
+        """Drop metric lines of steps after ``last_step`` (they are re-run after a resume)."""
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path, encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.strip()]
+        kept = []
+        for ln in lines:
+            try:
+                if json.loads(ln)["step"] <= last_step:
+                    kept.append(ln)
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by the kill
+        tmp = self.metrics_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.metrics_path)
+
+    def _global_step_folder(self) -> str:
+        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+
+    def _save_checkpoint(self):
+        # written before verl's own files and its tracker: a kill can never leave the tracker pointing at a folder
+        # without this state
+        self.save_threespo_state(self._global_step_folder())
+        return super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.global_steps <= 0:
+            return
+        mode = self.config.trainer.resume_mode
+        if mode == "resume_path":
+            folder = os.path.abspath(self.config.trainer.resume_from_path)
+        else:
+            folder = find_latest_ckpt_path(os.path.abspath(self.config.trainer.default_local_dir))
+        self.restore_threespo_state(folder)
+
