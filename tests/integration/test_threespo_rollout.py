@@ -243,6 +243,24 @@ def test_gigpo_rows_and_advantages(cluster):
     H.shutdown(r)
 
 
+def test_validation_plays_the_fixed_panel_without_branching_or_statistics(cluster):
+    import types
+
+    r = rig(cluster, ["env.max_steps=4"], policy=NOISY)
+    tr = r.trainer
+    tr.config.trainer.log_val_generations = 0
+    tr.reward_loop_manager = types.SimpleNamespace(reward_loop_worker_handles=[])  # rewards come from the env
+    metrics = tr._validate()
+    panel_size = len(make("household").tasks("test"))
+    assert metrics["val-aux/household/episodes"] == panel_size  # every panel task exactly once (val_kwargs.n = 1)
+    types_seen = {k.split("/")[-1] for k in metrics if k.startswith("val-core/household/success/")}
+    assert types_seen == {"pick", "clean", "heat", "cool", "look", "pick2"}
+    assert 0.0 <= metrics["val-core/household/success"] <= 1.0
+    stats = ray.get(tr.store.stats.remote())
+    assert stats["states"] == 0 and stats["pending_trajectories"] == 0  # validation never touches the statistics
+    H.shutdown(r)
+
+
 def test_math_constants_of_the_fixture():
     # the hand formulas above use torch-style unbiased std and eps = 1e-6, as verl's GRPO
     assert math.isclose(hand_group_norm([0.0, 1.0])[1], 0.5 / (math.sqrt(0.5) + EPS))

@@ -93,7 +93,7 @@ def explore_3spo(tasks: Sequence[Task], env_factory: Callable[[], TextEnv], samp
 class EpisodesResult:
     solved: dict[str, bool]
     env_steps: int
-    states: set[str]
+    states: dict[str, set[str]]  # task id -> distinct states its episodes visited
     episodes: int
 
 
@@ -102,18 +102,19 @@ def run_episodes(tasks: Sequence[Task], env_factory: Callable[[], TextEnv], samp
     """GRPO's rollout: ``group_size`` independent episodes per task."""
 
     async def run():
-        solved, steps, states, episodes = {}, 0, set(), 0
+        solved, steps, states, episodes = {}, 0, {}, 0
         env = env_factory()
         try:
             for task in tasks:
                 won = False
+                seen = states.setdefault(task.task_id, set())
                 for _ in range(group_size):
                     ep = await play_episode(task, env, sample, history_length=history_length)
                     episodes += 1
                     steps += len(ep)
                     for s in ep:
-                        states.add(s.state_key)
-                        states.add(s.branch.state_key)
+                        seen.add(s.state_key)
+                        seen.add(s.branch.state_key)
                     won = won or ep[-1].branch.won
                 solved[task.task_id] = won
         finally:

@@ -54,6 +54,7 @@ from threespo_verl.envs.base import Task
 from threespo_verl.rollout.expand import ScoreParams
 from threespo_verl.rollout.tree import ChildOutcome, Frontiers, TaskTree
 from threespo_verl.store.state_store import key_hash
+from threespo_verl.verl_glue import metrics_log
 from threespo_verl.verl_glue import row_meta as rm
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY
 
@@ -105,6 +106,49 @@ class RoundReplayBuffer(ReplayBuffer):
             batch, self._staged = self._staged, None
             return batch, {}
         return super().sample(global_steps, partition_id, batch_size)
+
+
+def node_request(tree: TaskTree, node, round_: int, g_max: int) -> dict[str, Any]:
+    """The ``threespo_request`` of one node expansion (what the agent loop needs to restore and expand it)."""
+    return {
+        "mode": "node", "task": dataclasses.asdict(tree.task), "tree_id": tree.tree_id, "node_id": node.node_id,
+        "prefix": list(node.actions), "history": tree.history(node), "path_keys": list(tree.path_keys(node)),
+        "round": round_, "max_branches": min(g_max, tree.remaining_budget),
+    }
+
+
+def new_round_metrics() -> dict[str, Any]:
+    return {"n_hist": [], "pruned": 0, "expanded": 0, "singleton": 0, "failed": 0, "env_steps": 0, "llm_calls": 0,
+            "replayed": 0, "prompt_truncated": 0, "r_novel": [], "r_score_diff": [], "r_success": [], "r_penalty": [],
+            "reward": [], "invalid": [], "states": set()}
+
+
+def apply_node_rows(tree: TaskTree, node, es: list[dict[str, Any]], m: dict[str, Any]) -> None:
+    """Feed one node's rows (their ``extra_fields``, in output order) back into its tree and count them in ``m``.
+    No rows means the agent loop pruned the node (n(s) = 0); it recorded the pruned trajectory in the store."""
+    if not es:
+        tree.prune(node.node_id)
+        m["pruned"] += 1
+        m["n_hist"].append(0)
+        return
+    e0 = es[0]
+    tree.expand(node.node_id, e0["state_key"], e0["parent_obs"], [
+        ChildOutcome(action=e["action"], action_text=e["action_text"], state_key=e["child_state_key"],
+                     obs_text=e["child_obs"], reward=float(e["step_reward"]), done=bool(e["done"]),
+                     won=bool(e["won"])) for e in es])
+    m["expanded"] += 1
+    m["n_hist"].append(int(e0["n_branches"]))
+    m["env_steps"] += len(es)
+    m["llm_calls"] += int(e0["n_branches"])
+    m["replayed"] += int(e0["replayed_steps"])
+    m["prompt_truncated"] += int(e0["prompt_truncated"] > 0)
+    m["states"].add(e0["state_key"])
+    for e in es:
+        m["states"].add(e["child_state_key"])
+        for k in ("r_novel", "r_score_diff", "r_success", "r_penalty"):
+            m[k].append(float(e[k]))
+        m["reward"].append(float(e["step_reward"]))
+        m["invalid"].append(0.0 if e["valid_action"] else 1.0)
 
 
 def _concat(batches: list[KVBatchMeta], partition_id: str = "train") -> KVBatchMeta:
@@ -241,12 +285,7 @@ class ThreeSPOTrainer(PPOTrainerSync):
         for tree, node in reqs:
             uid = uuid.uuid4().hex  # no "_": verl splits keys on it
             uids.append(uid)
-            rows.append(json.dumps({
-                "mode": "node", "task": dataclasses.asdict(tree.task), "tree_id": tree.tree_id,
-                "node_id": node.node_id, "prefix": list(node.actions), "history": tree.history(node),
-                "path_keys": list(tree.path_keys(node)), "round": self.round,
-                "max_branches": min(self.params.g_max, tree.remaining_budget),
-            }))
+            rows.append(json.dumps(node_request(tree, node, self.round, self.params.g_max)))
         n = len(reqs)
         raw_prompt = np.empty(n, dtype=object)  # verl counts prompts by this column; the loop builds its own
         for i, (tree, _node) in enumerate(reqs):
@@ -278,9 +317,7 @@ class ThreeSPOTrainer(PPOTrainerSync):
             uid, _session, idx = key.rsplit("_", 2)
             by_uid[uid].append((int(idx), pos))
         keep = [False] * len(batch)
-        m: dict[str, Any] = {"n_hist": [], "pruned": 0, "expanded": 0, "singleton": 0, "failed": 0,
-                             "env_steps": 0, "llm_calls": 0, "replayed": 0, "r_novel": [], "r_score_diff": [],
-                             "r_success": [], "r_penalty": [], "reward": [], "invalid": [], "states": set()}
+        m = new_round_metrics()
         for (tree, node), uid in zip(reqs, uids):
             rows = [pos for _, pos in sorted(by_uid.get(uid, []))]
             if uid in failed and not rows:
@@ -291,34 +328,11 @@ class ThreeSPOTrainer(PPOTrainerSync):
                                    tree.task_id, MAX_NODE_FAILURES)
                     tree.prune(node.node_id)
                 continue
-            if not rows:
-                # n(s) = 0: the agent loop emitted nothing and recorded the pruned trajectory in the store
-                tree.prune(node.node_id)
-                m["pruned"] += 1
-                m["n_hist"].append(0)
-                continue
-            es = [extras[p] for p in rows]
-            e0 = es[0]
-            tree.expand(node.node_id, e0["state_key"], e0["parent_obs"], [
-                ChildOutcome(action=e["action"], action_text=e["action_text"], state_key=e["child_state_key"],
-                             obs_text=e["child_obs"], reward=float(e["step_reward"]), done=bool(e["done"]),
-                             won=bool(e["won"])) for e in es])
-            m["expanded"] += 1
-            m["n_hist"].append(int(e0["n_branches"]))
-            m["env_steps"] += len(es)
-            m["llm_calls"] += int(e0["n_branches"])
-            m["replayed"] += int(e0["replayed_steps"])
-            m["states"].add(e0["state_key"])
-            for e in es:
-                m["states"].add(e["child_state_key"])
-                for k in ("r_novel", "r_score_diff", "r_success", "r_penalty"):
-                    m[k].append(float(e[k]))
-                m["reward"].append(float(e["step_reward"]))
-                m["invalid"].append(0.0 if e["valid_action"] else 1.0)
+            apply_node_rows(tree, node, [extras[p] for p in rows], m)
             if len(rows) >= 2:
                 for p in rows:
                     keep[p] = True
-            else:
+            elif rows:
                 m["singleton"] += 1
         update, dropped = _select(batch, keep)
         if dropped:
@@ -363,6 +377,7 @@ class ThreeSPOTrainer(PPOTrainerSync):
             "explore/pruned_rate": sum(acc.get("pruned", [])) / max(1, nodes),
             "explore/singleton_group_rate": sum(acc.get("singleton", [])) / max(1, sum(acc.get("expanded", []))),
             "explore/failed_nodes": sum(acc.get("failed", [])),
+            "explore/prompt_truncated_nodes": sum(acc.get("prompt_truncated", [])),
             "explore/env_steps": env_steps,
             "explore/llm_calls": sum(acc.get("llm_calls", [])),
             "explore/replayed_env_steps": sum(acc.get("replayed", [])),
@@ -467,11 +482,32 @@ class ThreeSPOTrainer(PPOTrainerSync):
                 actor.ppo_mini_batch_size = saved
 
     # ---- metrics -------------------------------------------------------------------------------------------------
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
+                            expected_acc_counts=None) -> dict[str, float]:
+        """verl's per-data-source validation metrics (data_source = ``<env>/<task type>``), plus the success rate
+        over the whole panel and per task type under ``val-core/<env>/success[/<type>]``."""
+        out = super()._val_metrics_update(data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
+                                          expected_acc_counts=expected_acc_counts)
+        won = reward_extra_infos_dict.get("won", [])
+        if won and len(won) == len(data_sources):
+            env = str(self.env_cfg.name)
+            per_type = defaultdict(list)
+            for src, w in zip(data_sources, won):
+                if w is not None:
+                    per_type[str(src).split("/", 1)[-1]].append(float(w))
+            allv = [w for v in per_type.values() for w in v]
+            if allv:
+                out[f"val-core/{env}/success"] = float(np.mean(allv))
+                out[f"val-aux/{env}/episodes"] = len(allv)
+            for ttype, v in sorted(per_type.items()):
+                out[f"val-core/{env}/success/{ttype}"] = float(np.mean(v))
+        return out
+
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         if self.algo != "3spo":
             metrics.update(self._episode_metrics(batch))
-        self._append_jsonl(global_steps, metrics)
+        metrics_log.append(self.metrics_path, global_steps, metrics, algorithm=self.algo)
 
     def _episode_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
         real = KVBatchMeta(partition_id=batch.partition_id,
@@ -506,19 +542,6 @@ class ThreeSPOTrainer(PPOTrainerSync):
             for ttype, v in sorted(per_type.items()):
                 out[f"episode/success/{ttype}"] = float(np.mean(v))
         return out
-
-    def _append_jsonl(self, step: int, metrics: dict) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
-        row = {"step": int(step), "algorithm": self.algo}
-        for k, v in metrics.items():
-            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-                row[k] = float(v)
-            elif isinstance(v, torch.Tensor) and v.numel() == 1:
-                row[k] = float(v.item())
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     def threespo_state(self) -> dict[str, Any]:
@@ -564,25 +587,10 @@ class ThreeSPOTrainer(PPOTrainerSync):
         store_path = os.path.join(folder, STORE_FILE)
         if self.store is not None and os.path.exists(store_path):
             ray.get(self.store.load.remote(store_path))
-        self._truncate_jsonl(self.global_steps)
-
-    def _truncate_jsonl(self, last_step: int) -> None:
-        """Drop metric lines of steps after ``last_step`` (they are re-run after a resume)."""
-        if not os.path.exists(self.metrics_path):
-            return
-        with open(self.metrics_path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
-        kept = []
-        for ln in lines:
-            try:
-                if json.loads(ln)["step"] <= last_step:
-                    kept.append(ln)
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by the kill
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.metrics_path)
+        dropped = metrics_log.truncate(self.metrics_path, self.global_steps)
+        if dropped:
+            logger.info("resume: dropped %d metric lines of steps after %d from %s", dropped, self.global_steps,
+                        self.metrics_path)
 
     def _global_step_folder(self) -> str:
         return os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
