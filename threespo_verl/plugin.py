@@ -7,6 +7,10 @@ therefore catches each component's failure itself and logs it at WARNING with th
 
 Components (each one obvious place):
 
+* ``platform``   -> ``threespo_verl.platform_cpu`` (platform registry: ``cpu``, chosen with ``VERL_PLATFORM=cpu``);
+  first, because importing the other components makes verl resolve its platform
+* ``patches``    -> ``threespo_verl.patches`` (version-guarded changes of verl's behaviour, e.g. CPU gloo backend)
+* ``cpu_engines``-> ``threespo_verl.platform_cpu`` (engine registry: verl's FSDP engines for ``device="cpu"``)
 * ``estimators`` -> ``threespo_verl.verl_glue.estimators`` (``register_adv_est``: ``3spo``, ``gigpo``)
 * ``agent_loop`` -> ``threespo_verl.verl_glue.agent_loop`` (agent loop registry: ``threespo_step``)
 * ``trainer``    -> ``threespo_verl.verl_glue.trainer`` (v1 trainer registry: ``threespo``)
@@ -36,6 +40,51 @@ def _component(name: str):
         return deco
 
     return wrap
+
+
+# ---- CPU platform (before anything that makes verl pick its platform) ------------------------------------------
+def _check_platform() -> list[str]:
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+
+    from threespo_verl.platform_cpu import PLATFORM_NAME, PlatformCPU
+
+    return [] if PlatformRegistry.get(PLATFORM_NAME) is PlatformCPU else [f"verl platform {PLATFORM_NAME!r}"]
+
+
+@_component("platform")(_check_platform)
+def _register_platform() -> None:
+    from threespo_verl.platform_cpu import register
+
+    register()
+
+
+# ---- patches of verl's behaviour (before verl's trainer/worker modules are imported) ---------------------------
+def _check_patches() -> list[str]:
+    import threespo_verl.patches as P
+
+    return [f"patch {n} (needed, not applied)" for n in P.PATCHES
+            if importlib.import_module(f"threespo_verl.patches.{n}").needed() and not P.status().get(n)]
+
+
+@_component("patches")(_check_patches)
+def _register_patches() -> None:
+    from threespo_verl.patches import apply_all
+
+    apply_all()
+
+
+# ---- verl's FSDP engines for the cpu device (engine registry) ---------------------------------------------------
+def _check_cpu_engines() -> list[str]:
+    from threespo_verl.platform_cpu import missing_engines
+
+    return missing_engines()
+
+
+@_component("cpu_engines")(_check_cpu_engines)
+def _register_cpu_engines() -> None:
+    from threespo_verl.platform_cpu import register_engines
+
+    register_engines()
 
 
 # ---- estimators ------------------------------------------------------------------------------------------------
