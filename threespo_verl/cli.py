@@ -3,6 +3,8 @@
     threespo-verl setup alfworld|webshop|model [--from DIR_OR_ARCHIVE] [--dest DIR]
     threespo-verl train algorithm=3spo env=household ...     (same as python -m threespo_verl.main ...)
     threespo-verl check                                      (is the plugin registered in verl?)
+    threespo-verl demo [--quick]                             (the CPU demo: 3SPO vs GRPO on household, report)
+    threespo-verl report RUN_DIR [RUN_DIR ...] [--out DIR]   (compare runs from their metrics.jsonl)
 
 Subcommands are import strings resolved on use, so ``--help`` never imports verl, Ray or an environment engine.
 """
@@ -52,6 +54,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+#: subcommands that own their argument parsing: name -> "module:main(argv)"
+PASSTHROUGH = {"demo": "threespo_verl.demo:main", "report": "threespo_verl.report:main"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threespo-verl", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="verify that verl sees every component of the plugin")
     c.set_defaults(func=_cmd_check)
+    sub.add_parser("demo", help="the CPU demo: train 3SPO and GRPO on household, evaluate, report (--quick)")
+    sub.add_parser("report", help="compare runs from their metrics.jsonl: markdown + PNG plots")
     return p
 
 
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":
         args = parser.parse_args(["train"])
         return _cmd_train(args, argv[1:])
+    if argv and argv[0] in PASSTHROUGH:
+        return int(_resolve(PASSTHROUGH[argv[0]])(argv[1:]) or 0)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

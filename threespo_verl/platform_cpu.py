@@ -10,8 +10,9 @@ them for the CPU:
   FSDP rank / vLLM replica, not hardware. ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` keeps Ray from writing
   ``CUDA_VISIBLE_DEVICES`` (CPU torch would ignore it anyway);
 * the vLLM server gets ``VLLM_TARGET_DEVICE=cpu`` (vLLM's CPU platform and its AVX2/AVX-512 kernels), a KV-cache
-  size in GiB (``THREESPO_VLLM_KV_GIB``, default 1) and one OpenMP thread unless the caller set more, because the
-  FSDP worker, the vLLM server and the agent-loop worker share the cores.
+  size in GiB (``THREESPO_VLLM_KV_GIB``, default 1) and ``THREESPO_VLLM_OMP_THREADS`` OpenMP threads (default 1;
+  the FSDP worker's threads come from the Ray workers' ``OMP_NUM_THREADS``), because the FSDP worker, the vLLM
+  server and the agent-loop worker share the cores.
 
 Registered by the plugin (``threespo_verl.plugin``) before anything in verl asks for the platform; select it with
 ``VERL_PLATFORM=cpu`` in the environment of every process (``threespo_trainer_cpu`` sets it for Ray workers).
@@ -200,7 +201,7 @@ class PlatformCPU(PlatformBase):
             "VLLM_TARGET_DEVICE": "cpu",
             "VERL_PLATFORM": PLATFORM_NAME,
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("THREESPO_VLLM_KV_GIB", "1"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "OMP_NUM_THREADS": os.environ.get("THREESPO_VLLM_OMP_THREADS", "1"),
         }
 
     def cudart(self) -> Any:

@@ -24,7 +24,7 @@ def fixed_sampler(replies):
     """Replies in a fixed order; records what it was asked."""
     asked = []
 
-    async def sample(messages, n):
+    async def sample(messages, n, choices=()):
         asked.append((messages, n))
         return [Sample(replies[i % len(replies)]) for i in range(n)]
 
@@ -121,7 +121,7 @@ def test_episode_outcome_on_the_last_step(task):
     plan = env.oracle_actions(task)
     sample = fixed_sampler([f"<action>{a}</action>" for a in plan])
 
-    async def oracle(messages, n):  # reply the plan in order
+    async def oracle(messages, n, choices=()):  # reply the plan in order
         i = len(oracle.calls)
         oracle.calls.append(i)
         return [Sample(f"<action>{plan[i]}</action>")]

@@ -3,9 +3,10 @@
 Both are plain ``async`` functions over three injected parts, so the same code runs inside verl's agent loop, in the
 exploration benchmark and in the tests:
 
-* ``sample(messages, n) -> list[Sample]``: n replies of the policy to one chat prompt (the agent loop backs it
-  with ``server_manager.generate``; the benchmark with a scripted policy). ``Sample.payload`` carries whatever the
-  caller needs back (token ids, log-probs) untouched.
+* ``sample(messages, n, choices) -> list[Sample]``: n replies of the policy to one chat prompt; ``choices`` are the
+  admissible actions of the state (a policy may constrain its decoding to them, see ``env.constrain_actions``, or
+  ignore them). The agent loop backs it with ``server_manager.generate``; the benchmark with a scripted policy.
+  ``Sample.payload`` carries whatever the caller needs back (token ids, log-probs) untouched.
 * an ``EnvCache`` (``envs/restore.py``) that puts environments into a node's state;
 * a ``Scorer`` returning (N_total, N_success) per state key and t from the state store's *last commit*.
 
@@ -46,7 +47,7 @@ class Sample:
     payload: Any = None
 
 
-SampleFn = Callable[[list[dict[str, str]], int], Awaitable[list[Sample]]]
+SampleFn = Callable[[list[dict[str, str]], int, tuple[str, ...]], Awaitable[list[Sample]]]
 
 
 class Scorer(Protocol):
@@ -172,7 +173,7 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
         return Expansion(obs.state_key, obs.text, score_t, int(n_t[0]), 0, n_score, [], replayed)
     messages = (render or render_prompt)(task.env_name, obs, history, history_length=history_length,
                                          few_shot=few_shot, reasoning=reasoning)
-    replies = await sample(messages, n)
+    replies = await sample(messages, n, obs.admissible_actions)
     # merge identical actions: the first reply of each distinct action becomes the child
     distinct: dict[str, tuple[Sample, Any, int]] = {}
     for rep in replies:
@@ -229,7 +230,7 @@ async def play_episode(task: Task, env, sample: SampleFn, *, history_length: int
     while not done:
         messages = (render or render_prompt)(task.env_name, obs, history, history_length=history_length,
                                              few_shot=few_shot, reasoning=reasoning)
-        rep = (await sample(messages, 1))[0]
+        rep = (await sample(messages, 1, obs.admissible_actions))[0]
         parsed = parser.parse(rep.text)
         nobs, env_r, done, info = env.step(parsed.action)
         b = Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),

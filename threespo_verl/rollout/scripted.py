@@ -97,7 +97,7 @@ def scripted_sampler(policy: ScriptedPolicy, seed: int):
     with a given prompt draws from ``seeded_rng(seed, prompt, k, i)``."""
     calls: dict[str, int] = {}
 
-    async def sample(messages, n):
+    async def sample(messages, n, choices=()):
         text = "\n".join(m["content"] for m in messages)
         k = calls.get(text, 0)
         calls[text] = k + 1

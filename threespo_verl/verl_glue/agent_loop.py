@@ -114,12 +114,16 @@ class StepRolloutAgentLoop(AgentLoopBase):
                            len(ids), limit, len(ids) - limit)
         return ids[-limit:]
 
-    async def _sample(self, messages: list[dict[str, str]], n: int, seed_base: str | None = None) -> list[Sample]:
+    async def _sample(self, messages: list[dict[str, str]], n: int, choices=(),
+                      seed_base: str | None = None) -> list[Sample]:
         prompt_ids = self._prompt_ids(messages)
         t0 = time.perf_counter()
+        constrained = _action_constraint(choices) if self._env.get("constrain_actions", False) else None
 
         async def one(i: int):
             params = dict(self._sampling)
+            if constrained is not None:
+                params["structured_outputs"] = constrained
             if seed_base is not None and self._tcfg.get("sample_seed", None) is not None:
                 params["seed"] = _stable_seed(f"{self._tcfg['sample_seed']}/{seed_base}/{i}")
             return await self.server_manager.generate(request_id=self._uid, prompt_ids=prompt_ids,
@@ -160,7 +164,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
         node_id = int(req["node_id"])
         exp = await expand_node(
             task, prefix, history, cache,
-            lambda messages, n: self._sample(messages, n, seed_base=f"{task.task_id}/{node_id}"),
+            lambda messages, n, choices: self._sample(messages, n, choices, seed_base=f"{task.task_id}/{node_id}"),
             ActorScorer(store), params, max_branches=int(req["max_branches"]),
             history_length=int(self._env.get("history_length", 2)), few_shot=bool(self._env.get("few_shot", False)),
             reasoning=bool(self._env.get("reasoning", True)))
@@ -195,7 +199,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
         env = make(self._env["name"], **env_kwargs(self._env))
         try:
             steps = await play_episode(
-                task, env, lambda messages, n: self._sample(messages, n),
+                task, env, lambda messages, n, choices: self._sample(messages, n, choices),
                 history_length=int(self._env.get("history_length", 2)),
                 few_shot=bool(self._env.get("few_shot", False)), reasoning=bool(self._env.get("reasoning", True)))
         finally:
@@ -218,6 +222,23 @@ class StepRolloutAgentLoop(AgentLoopBase):
             }
             outputs.append(self._output(b.sample, last.env_reward, extra))
         return outputs
+
+
+def _action_constraint(choices):
+    """vLLM structured output that only lets the model write ``<action>A</action>`` with A one of ``choices`` (the
+    model's own probabilities, renormalised over what the constraint allows). For small models that cannot keep
+    the format by themselves; ``env.constrain_actions=false`` (default) leaves decoding free."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if not choices:
+        return None
+    alts = "|".join(_regex_literal(c) for c in choices)
+    return StructuredOutputsParams(regex=f"<action>({alts})</action>")
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` as a regex literal, escaping only regex metacharacters (xgrammar warns on escaped spaces)."""
+    return "".join("\\" + ch if ch in "\\.^$*+?{}[]|()/" else ch for ch in text)
 
 
 def _stable_seed(text: str) -> int:

@@ -1,0 +1,227 @@
+"""Compare training runs from their metrics logs: markdown + PNG plots (``threespo-verl report RUN_DIR ...``).
+
+A run directory is a trainer's ``trainer.default_local_dir`` (it holds ``metrics.jsonl``, see
+``verl_glue/metrics_log.py``) or a folder with that file anywhere below it. Plots (one line per run):
+
+* ``success_vs_step.png`` / ``success_vs_env_steps.png``: training success (3SPO: share of finished trees with a
+  winning trajectory; GRPO/GiGPO: share of episodes won) against the training step and the cumulative env steps,
+  with the fixed-panel validation success as markers where it was measured;
+* ``unique_states.png``: cumulative distinct states visited against cumulative env steps;
+* ``n_hist.png``: the n(s) histogram of 3SPO runs (how many actions were sampled per expanded node; 0 = pruned);
+* ``reward_components.png``: 3SPO's Eq.2 parts per step (novelty, score difference, success, penalty).
+
+The markdown table lists per run: steps, env steps, LLM calls, unique states, last training success, validation
+success overall and per task type, seconds per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from threespo_verl.verl_glue import metrics_log
+
+SUCCESS_KEYS = ("explore/success", "episode/success")
+
+
+def find_log(run: Path) -> Path:
+    run = Path(run)
+    if run.is_file():
+        return run
+    direct = run / "metrics.jsonl"
+    if direct.exists():
+        return direct
+    found = sorted(run.rglob("metrics.jsonl"))
+    if not found:
+        raise FileNotFoundError(f"no metrics.jsonl in {run}: pass a run's trainer.default_local_dir")
+    return found[0]
+
+
+def load_run(run: Path, name: str | None = None) -> dict[str, Any]:
+    log = find_log(run)
+    rows = metrics_log.read(str(log))
+    if not rows:
+        raise ValueError(f"{log} has no complete metric lines yet")
+    algo = next((r.get("algorithm") for r in rows if isinstance(r.get("algorithm"), str)), "?")
+    return {"name": name or f"{Path(run).name} ({algo})", "algorithm": algo, "rows": rows, "log": log}
+
+
+def _series(rows, key, x="step"):
+    xs, ys = [], []
+    for r in rows:
+        if key in r and (x == "step" or x in r) and not (isinstance(r[key], float) and math.isnan(r[key])):
+            xs.append(r["step"] if x == "step" else r[x])
+            ys.append(r[key])
+    return xs, ys
+
+
+def _success_key(rows) -> str | None:
+    for k in SUCCESS_KEYS:
+        if any(k in r for r in rows):
+            return k
+    return None
+
+
+def _val_keys(rows) -> dict[str, str]:
+    """'overall' or task type -> metric key of the validation success."""
+    out = {}
+    for r in rows:
+        for k in r:
+            m = re.fullmatch(r"val-core/([^/]+)/success(?:/([^/]+))?", k)
+            if m:
+                out[m.group(2) or "overall"] = k
+    return out
+
+
+def _last(rows, key):
+    vals = [r[key] for r in rows if key in r]
+    return vals[-1] if vals else None
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    rows = run["rows"]
+    sk = _success_key(rows)
+    val = {t: _last(rows, k) for t, k in _val_keys(rows).items()}
+    step_s = [r["timing_s/step"] for r in rows if "timing_s/step" in r]
+    return {
+        "run": run["name"], "algorithm": run["algorithm"], "steps": rows[-1]["step"],
+        "env_steps": _last(rows, "explore/cumulative_env_steps"), "llm_calls": _last(rows, "explore/cumulative_llm_calls"),
+        "unique_states": _last(rows, "explore/cumulative_unique_states"),
+        "train_success": _last(rows, sk) if sk else None, "val": val,
+        "s_per_step": (sum(step_s) / len(step_s)) if step_s else None,
+    }
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.1f}%"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.2f}"
+    return f"{int(v)}"
+
+
+def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        p = out / name
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
+    for xkey, name, xlabel in (("step", "success_vs_step.png", "training step"),
+                               ("explore/cumulative_env_steps", "success_vs_env_steps.png", "env steps (cumulative)")):
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for i, run in enumerate(runs):
+            color = f"C{i}"
+            sk = _success_key(run["rows"])
+            if sk:
+                xs, ys = _series(run["rows"], sk, xkey)
+                ax.plot(xs, ys, "-", color=color, label=f"{run['name']} train")
+            vk = _val_keys(run["rows"]).get("overall")
+            if vk:
+                xs, ys = _series(run["rows"], vk, xkey)
+                ax.plot(xs, ys, "s--", color=color, label=f"{run['name']} validation (fixed panel)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("success")
+        save(fig, name)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, run in enumerate(runs):
+        xs, ys = _series(run["rows"], "explore/cumulative_unique_states", "explore/cumulative_env_steps")
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=run["name"], markersize=3)
+    ax.set_xlabel("env steps (cumulative)")
+    ax.set_ylabel("distinct states visited (cumulative)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("state exploration")
+    save(fig, "unique_states.png")
+
+    hist_runs = [r for r in runs if any(k.startswith("explore/n_hist/") for k in r["rows"][0])]
+    if hist_runs:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        width = 0.8 / len(hist_runs)
+        for i, run in enumerate(hist_runs):
+            counts = defaultdict(float)
+            for r in run["rows"]:
+                for k, v in r.items():
+                    if k.startswith("explore/n_hist/"):
+                        counts[int(k.rsplit("/", 1)[1])] += v
+            ns = sorted(counts)
+            ax.bar([n + (i - (len(hist_runs) - 1) / 2) * width for n in ns], [counts[n] for n in ns], width,
+                   label=run["name"], color=f"C{runs.index(run)}")
+        ax.set_xlabel("n(s) = branches sampled at an expanded node (0 = pruned)")
+        ax.set_ylabel("nodes")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+        ax.set_title("adaptive branching")
+        save(fig, "n_hist.png")
+
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for i, run in enumerate(hist_runs):
+            for j, (comp, style) in enumerate((("r_novel", "-"), ("r_score_diff", "--"), ("r_success", ":"),
+                                               ("r_penalty", "-."))):
+                xs, ys = _series(run["rows"], f"explore/reward/{comp}_mean")
+                if xs:
+                    ax.plot(xs, ys, style, color=f"C{runs.index(run)}", label=f"{run['name']} {comp}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mean per update row")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("3SPO step-reward components (Eq.2)")
+        save(fig, "reward_components.png")
+    return written
+
+
+def write_report(run_dirs: list[Path], out: Path, names: list[str] | None = None, title: str = "Runs",
+                 notes: str = "") -> Path:
+    runs = [load_run(Path(d), (names or [None] * len(run_dirs))[i]) for i, d in enumerate(run_dirs)]
+    pngs = plot_runs(runs, out)
+    sums = [summary(r) for r in runs]
+    types = sorted({t for s in sums for t in s["val"] if t != "overall"})
+    head = ["run", "steps", "env steps", "LLM calls", "unique states", "train success", "val success",
+            *[f"val {t}" for t in types], "s/step"]
+    lines = [f"# {title}", "", notes, "" if notes else "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for s in sums:
+        cells = [s["run"], _fmt(s["steps"]), _fmt(s["env_steps"]), _fmt(s["llm_calls"]), _fmt(s["unique_states"]),
+                 _fmt(s["train_success"], pct=True), _fmt(s["val"].get("overall"), pct=True),
+                 *[_fmt(s["val"].get(t), pct=True) for t in types], _fmt(s["s_per_step"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in pngs], "",
+              "Logs: " + ", ".join(f"`{r['log']}`" for r in runs), ""]
+    md = out / "report.md"
+    md.write_text("\n".join(ln for ln in lines if ln is not None))
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="threespo-verl report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run directories (trainer.default_local_dir) or metrics.jsonl")
+    ap.add_argument("--out", type=Path, default=Path("runs/report"), help="folder for report.md and the PNGs")
+    ap.add_argument("--title", default="Runs")
+    a = ap.parse_args(argv)
+    md = write_report(a.runs, a.out, title=a.title)
+    print(f"report: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
