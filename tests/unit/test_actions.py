@@ -59,3 +59,17 @@ def test_never_raises(reply):
     for parser in (parse_action, ActionParser(fallback="last_line").parse):
         parsed = parser(reply)
         assert parsed.action is None or (parsed.action and parsed.action == parsed.action.strip())
+
+
+def test_action_choice_regex_matches_exactly_the_choices():
+    import re
+
+    from threespo_verl.envs.actions import action_choice_regex
+
+    choices = ("go to shelf 1", "put mug 1 in/on coffeemachine 1", "search[red (2-pack) $5.99?]")
+    rx = re.compile(action_choice_regex(choices))
+    for c in choices:
+        assert rx.fullmatch(f"<action>{c}</action>")
+    assert not rx.fullmatch("<action>go to shelf 2</action>")
+    assert not rx.fullmatch("<action>search[red 2-pack $5.99]</action>")
+    assert action_choice_regex(()) is None

@@ -90,3 +90,13 @@ DEFAULT_PARSER = ActionParser()
 def parse_action(reply: object) -> ParsedAction:
     """Parse with the default ``<action>`` format."""
     return DEFAULT_PARSER.parse(reply)
+
+
+def action_choice_regex(choices) -> str | None:
+    """Regex that only matches ``<action>A</action>`` with A one of ``choices`` (for constrained decoding,
+    ``env.constrain_actions``); None when there is nothing to choose from. Only regex metacharacters are escaped
+    (xgrammar warns on escaped spaces)."""
+    if not choices:
+        return None
+    alts = "|".join("".join("\\" + ch if ch in "\\.^$*+?{}[]|()/" else ch for ch in c) for c in choices)
+    return f"<action>({alts})</action>"
