@@ -55,7 +55,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 #: subcommands that own their argument parsing: name -> "module:main(argv)"
-PASSTHROUGH = {"demo": "threespo_verl.demo:main", "report": "threespo_verl.report:main"}
+PASSTHROUGH = {"demo": "threespo_verl.demo:main", "report": "threespo_verl.report:main",
+               "eval": "threespo_verl.evaluate:main", "spa": "threespo_verl.spa.cli:main"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,3 +98,16 @@ def test_cpu_training_loop_updates_served_weights_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (work / "global_step_3" / "threespo_state.json").exists()
     assert StateStore.load(work / "global_step_3" / "state_store.npz").t >= store.t
+
+    # the checkpoint evaluates: `threespo-verl eval --ckpt RUN` merges the latest step with verl's merger and plays
+    # the household panel's first tasks with it in vLLM; the card names the step and the algorithm
+    ev_out = tmp_path / "eval"
+    ev = subprocess.run([sys.executable, "-m", "threespo_verl.cli", "eval", "--ckpt", str(work), "--env", "household",
+                         "--split", "test", "--seeds", "1", "--limit", "2", "--max-steps", "2", "--no-reasoning",
+                         "--constrain-actions", "--out", str(ev_out)],
+                        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"), capture_output=True, text=True,
+                        timeout=900)
+    assert ev.returncode == 0, (ev.stdout + ev.stderr)[-4000:]
+    card = json.loads((ev_out / "results.json").read_text())["protocol"]
+    assert card["checkpoint_step"] == 3 and card["algorithm"] == "3spo" and card["n_tasks"] == 2
+    assert (ev_out / "merged_global_step_3" / "config.json").exists()
