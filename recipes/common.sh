@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Shared by every recipe shell: the published GiGPO/3SPO protocol and the launcher. Source it, then call
+#   run_recipe <env> <algorithm> <model-size> [hydra overrides ...]
+# A recipe's own overrides come after the protocol's; the user's ("$@" of the shell) come last and win.
+#
+# Protocol (GiGPO / 3SPO papers): 16 tasks per step x group 8; max steps 50 (ALFWorld) / 15 (WebShop); lr 1e-6;
+# KL loss 0.01 (low_var_kl); invalid-action penalty 0.1 (3SPO's Eq.2; GRPO/GiGPO here are outcome-only, see
+# recipes/README.md); validation at T=0.4; the same env-step budget per task for every algorithm (3SPO's tree
+# budget g_max x H = GRPO's rollout.n episodes of at most H steps).
+#
+# THREESPO_RECIPE_PRINT=1 prints the final override list (one per line) instead of launching: the recipe
+# composition test (tests/unit/test_recipes.py) reads it and composes the config with Hydra.
+set -euo pipefail
+
+GROUP=8
+TASKS=16
+
+_env_protocol() {
+  case "$1" in
+    alfworld) H=50; echo "env=alfworld env.max_steps=50 env.history_length=2 env.eval_panel=valid_seen" ;;
+    webshop) H=15; echo "env=webshop env.max_steps=15 env.history_length=2" ;;
+    household) H=30; echo "env=household env.max_steps=30 env.history_length=2" ;;
+    *) echo "recipes: unknown env '$1' (alfworld | webshop | household)" >&2; return 2 ;;
+  esac
+}
+
+_model() {
+  case "$1" in
+    1.5b) echo "actor_rollout_ref.model.path=${MODEL_PATH:-Qwen/Qwen2.5-1.5B-Instruct} trainer.n_gpus_per_node=${N_GPUS:-2} trainer.nnodes=${NNODES:-1} actor_rollout_ref.rollout.tensor_model_parallel_size=1 actor_rollout_ref.rollout.gpu_memory_utilization=0.6 actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.actor.fsdp_config.param_offload=false actor_rollout_ref.actor.fsdp_config.optimizer_offload=false" ;;
+    7b) echo "actor_rollout_ref.model.path=${MODEL_PATH:-Qwen/Qwen2.5-7B-Instruct} trainer.n_gpus_per_node=${N_GPUS:-8} trainer.nnodes=${NNODES:-1} actor_rollout_ref.rollout.tensor_model_parallel_size=2 actor_rollout_ref.rollout.gpu_memory_utilization=0.6 actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4 actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8 actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8 actor_rollout_ref.actor.fsdp_config.param_offload=true actor_rollout_ref.actor.fsdp_config.optimizer_offload=true actor_rollout_ref.ref.fsdp_config.param_offload=true" ;;
+    *) echo "recipes: unknown model size '$1' (1.5b | 7b)" >&2; return 2 ;;
+  esac
+}
+
+# one training step: GRPO/GiGPO play rollout.n whole episodes per task; 3SPO expands one node per tree (about
+# g_max env steps per task), so 3SPO gets H x the steps for the same env-step budget (TRAIN_STEPS = GRPO's)
+_algorithm() {
+  local steps=${TRAIN_STEPS:-150} test_freq=${TEST_FREQ:-5}
+  case "$1" in
+    3spo) echo "algorithm=3spo algorithm.threespo.g_max=${GROUP} algorithm.threespo.invalid_action_penalty=0.1 algorithm.threespo.env_step_budget=null actor_rollout_ref.rollout.n=1 trainer.total_training_steps=$((steps * H)) trainer.test_freq=$((test_freq * H)) trainer.save_freq=$((test_freq * H * 2))" ;;
+    grpo | gigpo) echo "algorithm=$1 actor_rollout_ref.rollout.n=${GROUP} trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
+    *) echo "recipes: unknown algorithm '$1' (3spo | grpo | gigpo)" >&2; return 2 ;;
+  esac
+}
+
+protocol_overrides() {  # <env> <algorithm> <size>
+  local env_args model_args algo_args
+  env_args=$(_env_protocol "$1")
+  _env_protocol "$1" >/dev/null  # sets H in this shell (command substitution runs in a subshell)
+  model_args=$(_model "$3")
+  algo_args=$(_algorithm "$2")
+  echo "$env_args $algo_args $model_args data.train_batch_size=${TASKS} data.max_prompt_length=4096" \
+    "data.max_response_length=512 env.reasoning=true actor_rollout_ref.actor.optim.lr=1e-6" \
+    "actor_rollout_ref.actor.use_kl_loss=true actor_rollout_ref.actor.kl_loss_coef=0.01" \
+    "actor_rollout_ref.actor.kl_loss_type=low_var_kl actor_rollout_ref.actor.entropy_coeff=0.0" \
+    "algorithm.use_kl_in_reward=false actor_rollout_ref.rollout.val_kwargs.temperature=0.4" \
+    "actor_rollout_ref.rollout.val_kwargs.do_sample=true trainer.val_before_train=true" \
+    "trainer.logger=[console,tensorboard] trainer.project_name=threespo_verl trainer.experiment_name=$1-$2-qwen2.5-$3"
+}
+
+launch() {  # the final argument list -> python -m threespo_verl.main (or printed for the composition test)
+  if [[ "${THREESPO_RECIPE_PRINT:-0}" == 1 ]]; then
+    printf '%s\n' "$@"
+    return 0
+  fi
+  if [[ "${RAY_JOB:-0}" == 1 ]]; then  # submit to a running Ray cluster (recipes/multinode)
+    exec ray job submit --address "${RAY_DASHBOARD_ADDRESS:-http://127.0.0.1:8265}" -- \
+      "${PYTHON:-python}" -m threespo_verl.main "$@"
+  fi
+  exec "${PYTHON:-python}" -m threespo_verl.main "$@"
+}
+
+run_recipe() {  # <env> <algorithm> <size> [overrides...]
+  local env=$1 algo=$2 size=$3
+  shift 3
+  local proto
+  proto=$(protocol_overrides "$env" "$algo" "$size")
+  # shellcheck disable=SC2086  # the protocol is a whitespace-separated override list without spaces inside
+  launch $proto "$@"
+}
