@@ -11,7 +11,7 @@ Components (each one obvious place):
   first, because importing the other components makes verl resolve its platform
 * ``patches``    -> ``threespo_verl.patches`` (version-guarded changes of verl's behaviour, e.g. CPU gloo backend)
 * ``cpu_engines``-> ``threespo_verl.platform_cpu`` (engine registry: verl's FSDP engines for ``device="cpu"``)
-* ``estimators`` -> ``threespo_verl.verl_glue.estimators`` (``register_adv_est``: ``3spo``, ``gigpo``)
+* ``estimators`` -> ``threespo_verl.verl_glue.estimators`` (``register_adv_est``: ``3spo``, ``gigpo``, ``spa``)
 * ``agent_loop`` -> ``threespo_verl.verl_glue.agent_loop`` (agent loop registry: ``threespo_step``)
 * ``trainer``    -> ``threespo_verl.verl_glue.trainer`` (v1 trainer registry: ``threespo``)
 * ``configs``    -> ``hydra_plugins/threespo_verl_searchpath`` (``threespo_trainer`` + groups on Hydra's path)

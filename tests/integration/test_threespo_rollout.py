@@ -264,3 +264,69 @@ def test_validation_plays_the_fixed_panel_without_branching_or_statistics(cluste
 def test_math_constants_of_the_fixture():
     # the hand formulas above use torch-style unbiased std and eps = 1e-6, as verl's GRPO
     assert math.isclose(hand_group_norm([0.0, 1.0])[1], 0.5 / (math.sqrt(0.5) + EPS))
+
+
+def _constant_progress_estimator(base, out, bias: float):
+    """A real estimator (token-classification head on the tiny model) whose head reads c = ``bias`` at every
+    readout: weight 0, bias ``bias``. Each step's c_t is then known by hand, whatever the trajectory."""
+    import torch
+
+    from threespo_verl.spa.progress import ProgressEstimator
+
+    pe = ProgressEstimator.from_pretrained(base, device="cpu")
+    with torch.no_grad():
+        pe.model.score.weight.zero_()
+        pe.model.score.bias.fill_(bias)
+    pe.save_pretrained(out)
+    return out
+
+
+def test_spa_rows_rewards_and_advantages(cluster):
+    model, root = cluster
+    pe = _constant_progress_estimator(model, root / "pe-const", 0.25)
+    alpha, beta = 2.0, 0.5
+    r = rig(cluster, ["algorithm=spa", "actor_rollout_ref.rollout.n=4", "env.max_steps=20", "data.train_batch_size=2",
+                      "data.shuffle=False", "data.train_max_samples=64", f"algorithm.spa.estimator_path={pe}",
+                      f"algorithm.spa.alpha_p={alpha}", f"algorithm.spa.beta={beta}",
+                      f"algorithm.spa.worker_name=pe-{uuid.uuid4().hex[:6]}"],
+            policy=ScriptedPolicy(plans=household_plans(make("household").tasks("train")[:64]), plan_weight=100.0,
+                                  plan_move_weight=20.0, p_malformed=0.2))
+    tr = r.trainer
+    tr.prepare_step()
+    batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+    es, sessions = _episodes(batch)
+    assert len(sessions) == 8
+    # per step: alpha * c_t (c_t = 0.25: one readout per step) + beta * g'_t (admissible and state changed)
+    for i, e in enumerate(es):
+        assert e["r_progress"] == pytest.approx(alpha * 0.25, abs=1e-5)
+        g = float(e["valid_action"] and e["child_state_key"] != e["state_key"])
+        assert e["r_grounding"] == pytest.approx(beta * g)
+        assert e["step_reward"] == pytest.approx(alpha * 0.25 + beta * g, abs=1e-5)
+    assert any(e["r_grounding"] == 0 for e in es) and any(e["r_grounding"] > 0 for e in es)
+    tr._compute_advantage(batch, {})
+    adv = np.array([float(a[0]) for a in fetch(batch, "advantages")])
+    scores = np.array([float(s.sum()) for s in fetch(batch, "rm_scores")])
+    np.testing.assert_allclose(scores, [e["step_reward"] for e in es], atol=1e-6)  # one reward per row
+    # A_t = G_t - mean over the task's sessions that reached step t of G_t (0 when only one reached it)
+    to_go = np.zeros(len(es))
+    for rows in sessions.values():
+        acc = 0.0
+        for i in reversed(rows):
+            acc += es[i]["step_reward"]
+            to_go[i] = acc
+    want = np.zeros(len(es))
+    by_step = defaultdict(list)
+    for s, rows in sessions.items():
+        for t, i in enumerate(rows):
+            by_step[(s[0], t)].append(i)
+    for idx in by_step.values():
+        if len(idx) > 1:
+            want[idx] = to_go[idx] - to_go[idx].mean()
+    np.testing.assert_allclose(adv, want, atol=1e-5)
+    assert np.abs(want).max() > 0
+    H.shutdown(r)
+
+
+def test_spa_without_an_estimator_names_the_commands(cluster):
+    with pytest.raises(FileNotFoundError, match="threespo-verl spa collect"):
+        rig(cluster, ["algorithm=spa", "actor_rollout_ref.rollout.n=2", "algorithm.spa.estimator_path=/nonexistent"])

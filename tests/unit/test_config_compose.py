@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from threespo_verl.main import group_options, validate_overrides
-from threespo_verl.verl_glue.config import GiGPOConfig, ThreeSPOAlgoConfig, ThreeSPOConfig
+from threespo_verl.verl_glue.config import GiGPOConfig, SPAConfig, ThreeSPOAlgoConfig, ThreeSPOConfig
 
 
 def _compose(*overrides: str):
@@ -20,7 +20,7 @@ def _compose(*overrides: str):
 
 
 @pytest.mark.parametrize(
-    "algo, estimator", [("3spo", "3spo"), ("grpo", "grpo"), ("gigpo", "gigpo")]
+    "algo, estimator", [("3spo", "3spo"), ("grpo", "grpo"), ("gigpo", "gigpo"), ("spa", "spa")]
 )
 def test_algorithm_group_sets_name_and_estimator(algo, estimator):
     cfg = _compose(f"algorithm={algo}")
@@ -44,8 +44,10 @@ def test_yaml_keys_equal_dataclass_fields():
     fields = lambda dc: {f for f in dc.__dataclass_fields__ if not f.startswith("_")}  # noqa: E731
     assert set(cfg.algorithm.threespo) - {"_target_"} == fields(ThreeSPOConfig)
     assert set(cfg.algorithm.gigpo) - {"_target_"} == fields(GiGPOConfig)
+    assert set(cfg.algorithm.spa) - {"_target_"} == fields(SPAConfig)
     # and the defaults agree, so the YAML and the dataclass cannot drift apart
-    for dc, node in ((ThreeSPOConfig(), cfg.algorithm.threespo), (GiGPOConfig(), cfg.algorithm.gigpo)):
+    for dc, node in ((ThreeSPOConfig(), cfg.algorithm.threespo), (GiGPOConfig(), cfg.algorithm.gigpo),
+                     (SPAConfig(), cfg.algorithm.spa)):
         for key in fields(type(dc)):
             assert node[key] == getattr(dc, key), key
 
@@ -67,6 +69,9 @@ def test_bad_enum_value_is_rejected_with_valid_values():
     cfg = _compose("algorithm.threespo.step_adv_norm=median")
     with pytest.raises(Exception, match="mean_std"):
         omega_conf_to_dataclass(cfg.algorithm)
+    cfg = _compose("algorithm=spa", "algorithm.spa.grounding_guard=never")
+    with pytest.raises(Exception, match="state_change"):
+        omega_conf_to_dataclass(cfg.algorithm)
 
 
 @pytest.mark.parametrize("env, steps", [("household", 30), ("alfworld", 50), ("webshop", 15)])
@@ -76,10 +81,10 @@ def test_env_group(env, steps):
 
 
 def test_group_options_and_unknown_names():
-    assert group_options("algorithm") == ["3spo", "gigpo", "grpo"]
+    assert group_options("algorithm") == ["3spo", "gigpo", "grpo", "spa"]
     assert group_options("env") == ["alfworld", "household", "webshop"]
     validate_overrides(["algorithm=3spo", "env=webshop", "trainer.total_training_steps=3"])
-    with pytest.raises(SystemExit, match=r"unknown algorithm 'ppo'; valid values: 3spo, gigpo, grpo"):
+    with pytest.raises(SystemExit, match=r"unknown algorithm 'ppo'; valid values: 3spo, gigpo, grpo, spa"):
         validate_overrides(["algorithm=ppo"])
     with pytest.raises(SystemExit, match=r"unknown env 'minigrid'; valid values: alfworld, household, webshop"):
         validate_overrides(["env=minigrid"])
@@ -90,7 +95,7 @@ def test_main_rejects_unknown_algorithm_in_a_subprocess():
         [sys.executable, "-m", "threespo_verl.main", "algorithm=dqn"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode != 0
-    assert "unknown algorithm 'dqn'; valid values: 3spo, gigpo, grpo" in proc.stderr
+    assert "unknown algorithm 'dqn'; valid values: 3spo, gigpo, grpo, spa" in proc.stderr
 
 
 def test_verl_entry_point_composes_threespo_trainer():

@@ -233,4 +233,21 @@ def test_register_estimators_is_idempotent():
     estimators.register_estimators()
     assert ADV_ESTIMATOR_REGISTRY["3spo"] is estimators.compute_3spo_step_advantage
     assert ADV_ESTIMATOR_REGISTRY["gigpo"] is estimators.compute_gigpo_advantage
-    assert estimators.REGISTERED_ESTIMATORS == ("3spo", "gigpo")
+    assert estimators.REGISTERED_ESTIMATORS == ("3spo", "gigpo", "spa")
+
+
+def test_spa_through_the_registry_hand_computed():
+    # task a: trajectory x r = (1, 2), y r = (3,); task b: one trajectory (no baseline); one padding row
+    scores, mask = _batch([1.0, 2.0, 3.0, 5.0, 9.0], [1] * 5)
+    meta = {"task_id": np.array(["a", "a", "a", "b", "a"], dtype=object),
+            "traj_id": np.array(["x", "x", "y", "z", "y"], dtype=object),
+            "step_index": np.array([0, 1, 0, 0, 1]), "is_pad": np.array([False, False, False, False, True])}
+    with row_metadata(meta):
+        adv, _ = get_adv_estimator_fn("spa")(token_level_rewards=scores, response_mask=mask, config=None)
+    # G: x0 = 3, x1 = 2, y0 = 3; step 0 of a: mean(3, 3) = 3 -> 0, 0; step 1 of a: only x -> 0; b alone -> 0
+    assert adv[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.0])
+    scores, _ = _batch([1.0, 2.0, 0.0, 5.0, 9.0], [1] * 5)
+    with row_metadata(meta):
+        adv, _ = get_adv_estimator_fn("spa")(token_level_rewards=scores, response_mask=mask, config=None)
+    # G: x0 = 3, y0 = 0 -> mean 1.5: +1.5, -1.5
+    assert adv[:, 0].tolist() == pytest.approx([1.5, 0.0, -1.5, 0.0, 0.0])

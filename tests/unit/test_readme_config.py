@@ -41,6 +41,7 @@ def test_readme_reference_matches_yaml():
     ours = {}
     ours.update(_leaves(cfg["algorithm"]["threespo"], "algorithm.threespo"))
     ours.update(_leaves(cfg["algorithm"]["gigpo"], "algorithm.gigpo"))
+    ours.update(_leaves(cfg["algorithm"]["spa"], "algorithm.spa"))
     ours.update(_leaves(cfg["env"], "env"))
     ours["algorithm.name"] = cfg["algorithm"]["name"]
     ours["algorithm.optim_steps_per_update"] = cfg["algorithm"]["optim_steps_per_update"]

@@ -34,6 +34,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 
 from threespo_verl.envs import make
 from threespo_verl.envs.base import Task
+from threespo_verl.envs.prompts import render_prompt
 from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import ActorScorer, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.tree import trajectory_keys
@@ -43,7 +44,7 @@ from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs,
 EXTRA_KEYS = (
     "mode", "task_id", "task_type", "traj_id", "step_index", "node_id", "parent_node_id", "state_key", "round",
     "branch", "n_branches", "n_score", "score", "n_total", "step_reward", "r_novel", "r_score_diff", "r_success",
-    "r_penalty", "valid_action", "parse_reason", "merged", "action", "action_text", "child_state_key", "child_obs",
+    "r_penalty", "r_progress", "r_grounding", "valid_action", "parse_reason", "merged", "action", "action_text", "child_state_key", "child_obs",
     "done", "won", "timeout", "env_score", "replayed_steps", "parent_obs", "tree_id", "prompt_truncated",
     "min_global_steps",
     "max_global_steps", "reward_extra_info",
@@ -184,7 +185,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
                 "state_key": exp.state_key, "round": int(req["round"]), "branch": i, "n_branches": exp.n_branches,
                 "n_score": exp.n_score, "score": exp.score, "n_total": exp.n_total, "step_reward": b.reward,
                 "r_novel": b.r_novel, "r_score_diff": b.r_score_diff, "r_success": b.r_success,
-                "r_penalty": b.r_penalty, "valid_action": b.valid, "parse_reason": b.parse_reason,
+                "r_penalty": b.r_penalty, "r_progress": 0.0, "r_grounding": 0.0, "valid_action": b.valid, "parse_reason": b.parse_reason,
                 "merged": b.merged, "action": b.action, "action_text": b.action_text,
                 "child_state_key": b.state_key, "child_obs": b.obs_text, "done": b.done, "won": b.won,
                 "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": exp.replayed_steps,
@@ -197,13 +198,24 @@ class StepRolloutAgentLoop(AgentLoopBase):
     # ---- trajectory mode -----------------------------------------------------------------------------------------
     async def _run_episode(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
         env = make(self._env["name"], **env_kwargs(self._env))
+        prompts: list[tuple[list[dict[str, str]], tuple[str, ...]]] = []
+
+        def render(env_name, obs, history, **kw):  # the prompts SPA's estimator reads back (trajectory record)
+            messages = render_prompt(env_name, obs, history, **kw)
+            prompts.append((messages, tuple(obs.admissible_actions)))
+            return messages
+
+        history_length = int(self._env.get("history_length", 2))
         try:
             steps = await play_episode(
                 task, env, lambda messages, n, choices: self._sample(messages, n, choices),
-                history_length=int(self._env.get("history_length", 2)),
-                few_shot=bool(self._env.get("few_shot", False)), reasoning=bool(self._env.get("reasoning", True)))
+                history_length=history_length, few_shot=bool(self._env.get("few_shot", False)),
+                reasoning=bool(self._env.get("reasoning", True)), render=render)
         finally:
             env.close()
+        progress = grounded = [0.0] * len(steps)
+        if self._algo.get("name") == "spa":
+            progress, grounded = await self._spa_rewards(task, steps, prompts, history_length)
         last = steps[-1].branch
         info = {"won": float(last.won), "score": last.env_reward, "episode_length": float(len(steps)),
                 "invalid_rate": sum(not s.branch.valid for s in steps) / len(steps)}
@@ -213,8 +225,10 @@ class StepRolloutAgentLoop(AgentLoopBase):
             extra = {
                 "mode": "episode", "task_id": task.task_id, "task_type": task.task_type, "traj_id": f"{self._uid}/{self._session}",
                 "step_index": t, "node_id": t + 1, "parent_node_id": t, "state_key": s.state_key, "round": -1,
-                "branch": 0, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0, "step_reward": b.reward,
+                "branch": 0, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0,
+                "step_reward": (progress[t] + grounded[t]) if self._algo.get("name") == "spa" else b.reward,
                 "r_novel": 0.0, "r_score_diff": 0.0, "r_success": b.r_success, "r_penalty": 0.0,
+                "r_progress": progress[t], "r_grounding": grounded[t],
                 "valid_action": b.valid, "parse_reason": b.parse_reason, "merged": 1, "action": b.action,
                 "action_text": b.action_text, "child_state_key": b.state_key, "child_obs": "", "done": b.done,
                 "won": b.won, "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": 0,
@@ -224,21 +238,34 @@ class StepRolloutAgentLoop(AgentLoopBase):
         return outputs
 
 
+    async def _spa_rewards(self, task: Task, steps, prompts, history_length: int) -> tuple[list[float], list[float]]:
+        """SPA's step reward parts (DESIGN §3): alpha_p * c_t from the estimator worker and beta * g'_t, the
+        grounding bonus guarded against farming (``algorithm.spa.grounding_guard``)."""
+        from threespo_verl.algos.spa import grounding, guarded_grounding
+        from threespo_verl.spa.collect import trajectory_record
+        from threespo_verl.verl_glue.spa_worker import get_progress_worker
+
+        cfg = self._algo.get("spa", {})
+        record = trajectory_record(task, 0, steps, prompts, history_length)
+        c = await get_progress_worker(cfg.get("worker_name", None) or "threespo_spa_progress").predict.remote(record)
+        g = [grounding(task.env_name, s.branch.action, s.branch.obs_text, adm, s.branch.valid)
+             for s, (_m, adm) in zip(steps, prompts)]
+        g = guarded_grounding(g, [s.branch.state_key != s.state_key for s in steps],
+                              mode=cfg.get("grounding_guard", "state_change"), cap=cfg.get("grounding_cap", 5))
+        alpha, beta = float(cfg.get("alpha_p", 1.0)), float(cfg.get("beta", 0.5))
+        return [alpha * float(x) for x in c], [beta * float(x) for x in g]
+
+
 def _action_constraint(choices):
     """vLLM structured output that only lets the model write ``<action>A</action>`` with A one of ``choices`` (the
     model's own probabilities, renormalised over what the constraint allows). For small models that cannot keep
     the format by themselves; ``env.constrain_actions=false`` (default) leaves decoding free."""
     from vllm.sampling_params import StructuredOutputsParams
 
-    if not choices:
-        return None
-    alts = "|".join(_regex_literal(c) for c in choices)
-    return StructuredOutputsParams(regex=f"<action>({alts})</action>")
+    from threespo_verl.envs.actions import action_choice_regex
 
-
-def _regex_literal(text: str) -> str:
-    """``text`` as a regex literal, escaping only regex metacharacters (xgrammar warns on escaped spaces)."""
-    return "".join("\\" + ch if ch in "\\.^$*+?{}[]|()/" else ch for ch in text)
+    regex = action_choice_regex(choices)
+    return None if regex is None else StructuredOutputsParams(regex=regex)
 
 
 def _stable_seed(text: str) -> int:

@@ -16,6 +16,7 @@ from verl.trainer.config.algorithm import AlgoConfig
 STEP_ADV_NORMS = ("mean_std", "mean")
 UPDATE_MODES = ("post_step", "post_trajectory")
 GIGPO_MODES = ("mean_std_norm", "mean_norm")
+SPA_GUARDS = ("state_change", "cap")
 
 
 @dataclass
@@ -76,6 +77,30 @@ class GiGPOConfig(BaseConfig):
 
 
 @dataclass
+class SPAConfig(BaseConfig):
+    """SPA-RL (DESIGN §3): step reward r_t = alpha_p * c_t + beta * g_t, c_t from the progress estimator."""
+
+    # folder of the progress estimator (`threespo-verl spa train-pe --out`); required for algorithm=spa
+    estimator_path: str | None = None
+    # weight of the estimator's progress c_t
+    alpha_p: float = 1.0
+    # weight of the grounding bonus g_t (the action was executable)
+    beta: float = 0.5
+    # anti-farming guard of g_t: "state_change" (paid only when the step changed the state) or "cap"
+    grounding_guard: str = "state_change"
+    # with grounding_guard=cap: grounded steps paid per episode
+    grounding_cap: int = 5
+    # token window of the estimator's serialized trajectory (old turns are dropped whole beyond it)
+    max_length: int = 4096
+    # name of the estimator's Ray actor
+    worker_name: str = "threespo_spa_progress"
+
+    def __post_init__(self):
+        if self.grounding_guard not in SPA_GUARDS:
+            raise ValueError(f"algorithm.spa.grounding_guard={self.grounding_guard!r}; valid: {SPA_GUARDS}")
+
+
+@dataclass
 class ThreeSPOAlgoConfig(AlgoConfig):
     """verl's AlgoConfig plus this package's algorithm sections (``algorithm.threespo``, ``algorithm.gigpo``)."""
 
@@ -85,3 +110,4 @@ class ThreeSPOAlgoConfig(AlgoConfig):
     optim_steps_per_update: int = 1
     threespo: ThreeSPOConfig = field(default_factory=ThreeSPOConfig)
     gigpo: GiGPOConfig = field(default_factory=GiGPOConfig)
+    spa: SPAConfig = field(default_factory=SPAConfig)

@@ -1,4 +1,4 @@
-"""verl advantage estimators ``3spo`` and ``gigpo`` (thin glue; the math is in threespo_verl/algos).
+"""verl advantage estimators ``3spo``, ``gigpo`` and ``spa`` (thin glue; the math is in threespo_verl/algos).
 
 Both are registered through ``verl.trainer.ppo.core_algos.register_adv_est`` and are called by verl's advantage step
 with ``token_level_rewards``, ``response_mask``, ``index`` and ``config`` (verl's v1 trainer passes the raw
@@ -18,10 +18,11 @@ import torch
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 
 from threespo_verl.algos.gigpo import gigpo_advantage
+from threespo_verl.algos.spa import spa_advantage
 from threespo_verl.algos.threespo import group_step_advantage, merge_group_ids, step_group_ids
 from threespo_verl.verl_glue import row_meta as rm
 
-REGISTERED_ESTIMATORS = ("3spo", "gigpo")
+REGISTERED_ESTIMATORS = ("3spo", "gigpo", "spa")
 
 
 def _section(config: Any, name: str, cls: type) -> Any:
@@ -103,7 +104,18 @@ def compute_gigpo_advantage(token_level_rewards: torch.Tensor, response_mask: to
     return _broadcast(adv, token_level_rewards, response_mask)
 
 
-_FUNCTIONS = {"3spo": compute_3spo_step_advantage, "gigpo": compute_gigpo_advantage}
+def compute_spa_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index=None,
+                          config: Any = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPA (DESIGN §3): ``A_t = G_t - mean_{task group, same t} G_t`` with ``G_t = sum_{k >= t} r_k`` the
+    reward-to-go of the row's trajectory, r_k = alpha_p c_k + beta g_k (``threespo_verl.algos.spa``). Groups from the
+    row metadata: the trajectories of one task submission (verl's uid) at the same step index."""
+    meta = rm.require_row_metadata("spa", rm.required_fields("spa"), token_level_rewards.shape[0])
+    adv = spa_advantage(_row_rewards(token_level_rewards), meta[rm.TASK_ID], meta[rm.TRAJ_ID], meta[rm.STEP_INDEX],
+                        valid=_valid_rows(meta))
+    return _broadcast(adv, token_level_rewards, response_mask)
+
+
+_FUNCTIONS = {"3spo": compute_3spo_step_advantage, "gigpo": compute_gigpo_advantage, "spa": compute_spa_advantage}
 assert tuple(_FUNCTIONS) == REGISTERED_ESTIMATORS
 
 

@@ -29,6 +29,7 @@ Required per estimator (``REQUIRED``, ``required_fields``):
 
 * ``3spo``:  task_id, parent_node_id, is_pad  (+ round, state_key with ``merge_identical_states``)
 * ``gigpo``: task_id, traj_id, step_index, state_key, is_pad
+* ``spa``:   task_id, traj_id, step_index, is_pad
 
 The reward components and ``valid_action`` are read by no estimator (the row's reward is already the sum of the
 token-level rewards); they are part of the contract for the trainer's metrics (DESIGN §7).
@@ -64,6 +65,7 @@ ALL_FIELDS = (TASK_ID, TRAJ_ID, STEP_INDEX, NODE_ID, PARENT_NODE_ID, STATE_KEY, 
 REQUIRED = {
     "3spo": (TASK_ID, PARENT_NODE_ID, IS_PAD),
     "gigpo": (TASK_ID, TRAJ_ID, STEP_INDEX, STATE_KEY, IS_PAD),
+    "spa": (TASK_ID, TRAJ_ID, STEP_INDEX, IS_PAD),
 }
 #: what 3SPO additionally reads with ``algorithm.threespo.merge_identical_states=true``: groups (task_id, round,
 #: state_key), where state_key is the state the row's action was taken in (its parent's state)
@@ -71,7 +73,7 @@ MERGE_FIELDS = (ROUND, STATE_KEY)
 
 
 def required_fields(estimator: str, merge_identical_states: bool = False) -> tuple[str, ...]:
-    """The metadata fields ``estimator`` ("3spo" | "gigpo") reads under the given options."""
+    """The metadata fields ``estimator`` ("3spo" | "gigpo" | "spa") reads under the given options."""
     if estimator not in REQUIRED:
         raise KeyError(f"no row-metadata contract for estimator {estimator!r}; known: {sorted(REQUIRED)}")
     fields = REQUIRED[estimator]

@@ -199,6 +199,9 @@ class ThreeSPOTrainer(PPOTrainerSync):
             from threespo_verl.store.actor import get_or_create_store
 
             self.store = get_or_create_store(self.tcfg.get("store_name", None) or "threespo_state_store")
+        self.progress_worker = None
+        if self.algo == "spa":
+            self.progress_worker = create_progress_worker(config.algorithm.get("spa", {}))
 
     # ---- verl hooks: replay buffer -------------------------------------------------------------------------------
     def _build_replay_buffer(self) -> ReplayBuffer:
@@ -549,6 +552,12 @@ class ThreeSPOTrainer(PPOTrainerSync):
                 out[f"val-core/{env}/success/{ttype}"] = float(np.mean(v))
         return out
 
+    def _validate(self, *args, **kwargs):
+        out = super()._validate(*args, **kwargs)
+        if self.global_steps == 0 and out:  # val_before_train of a fresh run: the step-0 point of metrics.jsonl
+            metrics_log.append(self.metrics_path, 0, dict(out), algorithm=self.algo)
+        return out
+
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         metrics.update(getattr(self, "_probe", {}))
@@ -580,6 +589,10 @@ class ThreeSPOTrainer(PPOTrainerSync):
                "explore/cumulative_env_steps": self.counters["env_steps"],
                "explore/cumulative_llm_calls": self.counters["llm_calls"],
                "episode/invalid_rate": float(np.mean([not e["valid_action"] for e in extras]))}
+        if self.algo == "spa":  # SPA's reward components per step: alpha_p c_t and the guarded beta g_t
+            out["reward/progress_mean"] = float(np.mean([e["r_progress"] for e in extras]))
+            out["reward/grounding_mean"] = float(np.mean([e["r_grounding"] for e in extras]))
+            out["reward/step_mean"] = float(np.mean([e["step_reward"] for e in extras]))
         if last:
             out["episode/success"] = float(np.mean([e["won"] for e in last.values()]))
             out["episode/length_mean"] = float(np.mean([e["step_index"] + 1 for e in last.values()]))
@@ -660,3 +673,17 @@ class ThreeSPOTrainer(PPOTrainerSync):
             folder = find_latest_ckpt_path(os.path.abspath(self.config.trainer.default_local_dir))
         self.restore_threespo_state(folder)
 
+
+
+def create_progress_worker(spa_cfg):
+    """SPA's estimator worker (``algorithm.spa.estimator_path``), with the command that makes one if it is missing."""
+    from threespo_verl.verl_glue.spa_worker import get_or_create_progress_worker
+
+    path = spa_cfg.get("estimator_path", None)
+    if not path or not os.path.isdir(str(path)):
+        raise FileNotFoundError(
+            f"algorithm=spa needs a trained progress estimator: algorithm.spa.estimator_path={path!r} is not a folder. "
+            "Make one with  threespo-verl spa collect --env ENV --model MODEL --out traj.jsonl  then  "
+            "threespo-verl spa train-pe --data traj.jsonl --base MODEL --out PE_DIR")
+    return get_or_create_progress_worker(spa_cfg.get("worker_name", None) or "threespo_spa_progress", str(path),
+                                         spa_cfg.get("max_length", None))
