@@ -38,8 +38,8 @@ _algorithm() {
   local steps=${TRAIN_STEPS:-150} test_freq=${TEST_FREQ:-5}
   case "$1" in
     3spo) echo "algorithm=3spo algorithm.threespo.g_max=${GROUP} algorithm.threespo.invalid_action_penalty=0.1 algorithm.threespo.env_step_budget=null actor_rollout_ref.rollout.n=1 trainer.total_training_steps=$((steps * H)) trainer.test_freq=$((test_freq * H)) trainer.save_freq=$((test_freq * H * 2))" ;;
-    grpo | gigpo) echo "algorithm=$1 actor_rollout_ref.rollout.n=${GROUP} trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
-    *) echo "recipes: unknown algorithm '$1' (3spo | grpo | gigpo)" >&2; return 2 ;;
+    grpo | gigpo | spa) echo "algorithm=$1 actor_rollout_ref.rollout.n=${GROUP} trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
+    *) echo "recipes: unknown algorithm '$1' (3spo | grpo | gigpo | spa)" >&2; return 2 ;;
   esac
 }
 
@@ -68,6 +68,23 @@ launch() {  # the final argument list -> python -m threespo_verl.main (or printe
       "${PYTHON:-python}" -m threespo_verl.main "$@"
   fi
   exec "${PYTHON:-python}" -m threespo_verl.main "$@"
+}
+
+spa_stages() {  # <env> <size> <work dir>: SPA's offline stages before its RL run (DESIGN §3)
+  local env=$1 size=$2 work=$3 model
+  model=$(_model "$size" | tr ' ' '\n' | sed -n 's/^actor_rollout_ref.model.path=//p')
+  if [[ "${THREESPO_RECIPE_PRINT:-0}" == 1 ]]; then
+    return 0
+  fi
+  mkdir -p "$work"
+  # stage 2: M rollouts per training task with the base policy (vLLM), one JSONL line per trajectory (resumable)
+  threespo-verl spa collect --env "$env" --split train --tasks "${SPA_TASKS:-512}" --m "${SPA_M:-4}" \
+    --model "$model" --max-steps "$H" --temperature 1.0 --out "$work/trajectories.jsonl"
+  # stage 3: the progress estimator (token classification on the base model, loss (R - sum_t c_t)^2)
+  if [[ ! -f "$work/pe/spa_pe.json" ]]; then
+    threespo-verl spa train-pe --data "$work/trajectories.jsonl" --base "$model" --out "$work/pe" \
+      --epochs "${SPA_PE_EPOCHS:-2}" --lr 1e-5 --batch-size 16
+  fi
 }
 
 run_recipe() {  # <env> <algorithm> <size> [overrides...]

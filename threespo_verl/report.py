@@ -8,7 +8,9 @@ A run directory is a trainer's ``trainer.default_local_dir`` (it holds ``metrics
   with the fixed-panel validation success as markers where it was measured;
 * ``unique_states.png``: cumulative distinct states visited against cumulative env steps;
 * ``n_hist.png``: the n(s) histogram of 3SPO runs (how many actions were sampled per expanded node; 0 = pruned);
-* ``reward_components.png``: 3SPO's Eq.2 parts per step (novelty, score difference, success, penalty).
+* ``reward_components.png``: 3SPO's Eq.2 parts per step (novelty, score difference, success, penalty);
+* ``pruned_rate.png``: 3SPO's share of pruned nodes and of singleton groups per step;
+* ``spa_reward_components.png``: SPA's progress and grounding parts per step (SPA runs only).
 
 The markdown table lists per run: steps, env steps, LLM calls, unique states, last training success, validation
 success overall and per task type, seconds per step.
@@ -187,6 +189,36 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         ax.set_title("3SPO step-reward components (Eq.2)")
         save(fig, "reward_components.png")
+
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for run in hist_runs:
+            for key, style, label in (("explore/pruned_rate", "-", "pruned nodes"),
+                                      ("explore/singleton_group_rate", "--", "singleton groups")):
+                xs, ys = _series(run["rows"], key)
+                if xs:
+                    ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{runs.index(run)}", label=f"{run['name']} {label}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("share of expanded nodes")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("pruning and singleton groups")
+        save(fig, "pruned_rate.png")
+
+    spa_runs = [r for r in runs if any("reward/progress_mean" in row for row in r["rows"])]
+    if spa_runs:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for run in spa_runs:
+            for key, style, label in (("reward/progress_mean", "-", "alpha_p c_t"),
+                                      ("reward/grounding_mean", "--", "beta g_t")):
+                xs, ys = _series(run["rows"], key)
+                ax.plot(xs, ys, style, color=f"C{runs.index(run)}", label=f"{run['name']} {label}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mean per step row")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("SPA step-reward components")
+        save(fig, "spa_reward_components.png")
     return written
 
 

@@ -40,7 +40,7 @@ def compose_recipe(args: list[str]):
 
 def test_every_env_algorithm_size_has_a_shell():
     for env in ("alfworld", "webshop"):
-        for algo in ("3spo", "grpo", "gigpo"):
+        for algo in ("3spo", "grpo", "gigpo", "spa"):
             for size in ("1.5b", "7b"):
                 assert f"recipes/{env}/{algo}_qwen2.5-{size}.sh" in SHELLS
     assert any(s.startswith("recipes/multinode/") for s in SHELLS)
@@ -52,7 +52,7 @@ def test_recipe_composes_and_follows_the_protocol(shell):
     cfg = compose_recipe(recipe_args(shell))
     a, t = cfg.actor_rollout_ref, cfg.trainer
     env = cfg.env.name
-    assert cfg.algorithm.name in ("3spo", "grpo", "gigpo") and cfg.algorithm.adv_estimator == cfg.algorithm.name
+    assert cfg.algorithm.name in ("3spo", "grpo", "gigpo", "spa") and cfg.algorithm.adv_estimator == cfg.algorithm.name
     if shell.startswith("recipes/cpu/"):
         assert t.device == "cpu" and env == "household" and cfg.env.constrain_actions
         return
@@ -75,6 +75,10 @@ def test_recipe_composes_and_follows_the_protocol(shell):
         assert tt.invalid_action_penalty == 0.1
     else:
         assert a.rollout.n == 8
+    if cfg.algorithm.name == "spa":  # the RL stage reads the estimator the shell's offline stages wrote
+        assert cfg.algorithm.spa.estimator_path.endswith(f"runs/spa-{env}-{size}/pe")
+        assert Path(cfg.algorithm.spa.estimator_path).is_absolute()
+        assert (cfg.algorithm.spa.alpha_p, cfg.algorithm.spa.beta) == (1.0, 0.5)
 
 
 def test_three_spo_gets_h_times_the_steps_of_grpo_for_the_same_env_steps():
@@ -97,4 +101,4 @@ def test_unknown_names_fail_with_the_valid_ones(tmp_path):
     shell = tmp_path / "bad.sh"
     shell.write_text(f'source "{ROOT}/recipes/common.sh"\nrun_recipe alfworld ppo 1.5b\n')
     out = subprocess.run(["bash", str(shell)], capture_output=True, text=True)
-    assert out.returncode != 0 and "unknown algorithm 'ppo' (3spo | grpo | gigpo)" in out.stderr
+    assert out.returncode != 0 and "unknown algorithm 'ppo' (3spo | grpo | gigpo | spa)" in out.stderr

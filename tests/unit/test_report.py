@@ -13,10 +13,11 @@ def _runs(tmp_path):
             "explore/success": 0.25 * step, "explore/cumulative_env_steps": 100 * step,
             "explore/cumulative_unique_states": 40 * step, "explore/cumulative_llm_calls": 120 * step,
             "explore/n_hist/0": 1, "explore/n_hist/8": 3, "explore/reward/r_novel_mean": 0.3,
-            "timing_s/step": 10.0}, algorithm="3spo")
+            "explore/pruned_rate": 0.25, "explore/singleton_group_rate": 0.1, "timing_s/step": 10.0}, algorithm="3spo")
         metrics_log.append(str(b / "metrics.jsonl"), step, {
             "episode/success": 0.1 * step, "explore/cumulative_env_steps": 90 * step,
-            "explore/cumulative_unique_states": 30 * step, "timing_s/step": 20.0}, algorithm="grpo")
+            "explore/cumulative_unique_states": 30 * step, "reward/progress_mean": 0.1 * step,
+            "reward/grounding_mean": 0.2, "timing_s/step": 20.0}, algorithm="spa")
     metrics_log.append(str(a / "metrics.jsonl"), 3, {"val-core/household/success": 0.5,
                                                       "val-core/household/success/pick": 1.0}, algorithm="3spo")
     return a, b
@@ -24,12 +25,13 @@ def _runs(tmp_path):
 
 def test_report_writes_plots_and_table(tmp_path):
     a, b = _runs(tmp_path)
-    md = write_report([a, b], tmp_path / "out", names=["3SPO", "GRPO"], title="t")
+    md = write_report([a, b], tmp_path / "out", names=["3SPO", "SPA"], title="t")
     text = md.read_text()
-    for png in ("success_vs_step", "success_vs_env_steps", "unique_states", "n_hist", "reward_components"):
+    for png in ("success_vs_step", "success_vs_env_steps", "unique_states", "n_hist", "reward_components",
+                "pruned_rate", "spa_reward_components"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 1000 and f"({png}.png)" in text
     assert "| 3SPO | 3 | 300 | 360 | 120 | 75.0% | 50.0% | 100.0% | 10 |" in text
-    assert "| GRPO | 3 | 270 | - | 90 | 30.0% | - | - | 20 |" in text
+    assert "| SPA | 3 | 270 | - | 90 | 30.0% | - | - | 20 |" in text
 
 
 def test_report_cli_and_missing_log(tmp_path, capsys):
