@@ -6,7 +6,9 @@ training, and writes ``runs/demo-<time>/report.md`` with PNG plots (``threespo_v
 Both algorithms get the same environments, prompts, model, learning rate and per-task env-step budget (G x H: GRPO
 plays G episodes per task, 3SPO's tree spends G x H env steps, with G = ``--group`` = 3SPO's g_max). A 3SPO training
 step is one expansion round (one update); a GRPO step is G whole episodes per task; so the runs are given steps for
-roughly equal env steps (``--steps`` is 3SPO's; GRPO gets ``steps x 2 / H`` rounded up).
+equal env-step budgets (``--steps`` is 3SPO's; a 3SPO round spends at most tasks x G env steps, a GRPO step at most
+tasks x G x H, so GRPO gets ``steps / H`` steps, at least 1). Both start from the same model, so the validation
+before training runs once, in the 3SPO run, and is the shared step-0 point of the report.
 
 Decoding is constrained to ``<action>A</action>`` with A admissible (``env.constrain_actions=true``): SmolLM2-135M
 writes no valid household action on its own (0 of 64 samples measured), so without it neither run gets any reward.
@@ -36,7 +38,8 @@ def _overrides(algo: str, model: Path, out: Path, steps: int, a) -> list[str]:
     common = [
         f"algorithm={algo}", "env=household", f"actor_rollout_ref.model.path={model}",
         f"trainer.default_local_dir={out}", f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
-        f"trainer.test_freq={steps}", "trainer.val_before_train=true", f"data.val_max_samples={a.val_tasks}",
+        f"trainer.test_freq={steps}", f"trainer.val_before_train={'true' if algo == '3spo' else 'false'}",
+        f"data.val_max_samples={a.val_tasks}",
         f"data.train_batch_size={a.tasks}", f"env.max_steps={a.max_steps}", "env.reasoning=false",
         "env.few_shot=false", f"env.history_length={a.history}", "env.constrain_actions=true",
         "data.max_prompt_length=2048", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=2048",
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of the demo's run folder")
     ap.add_argument("--steps", type=int, default=None, help="3SPO training steps (default 5; --quick 2)")
     ap.add_argument("--tasks", type=int, default=2, help="tasks per training step (data.train_batch_size)")
-    ap.add_argument("--max-steps", type=int, default=None, help="episode horizon H (default 6; --quick 4)")
+    ap.add_argument("--max-steps", type=int, default=None, help="episode horizon H (default 5; --quick 4)")
     ap.add_argument("--group", type=int, default=4, help="G: GRPO's episodes per task = 3SPO's g_max")
     ap.add_argument("--val-tasks", type=int, default=None, help="fixed validation panel: the first N household "
                     "test tasks (default 8; --quick 4)")
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="a model folder instead of the default one")
     a = ap.parse_args(argv)
     a.steps = a.steps or (2 if a.quick else 5)
-    a.max_steps = a.max_steps or (4 if a.quick else 6)
+    a.max_steps = a.max_steps or (4 if a.quick else 5)
     a.val_tasks = a.val_tasks or (4 if a.quick else 8)
 
     from threespo_verl import models
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: model {name} (installing on first use)", flush=True)
         a.model = models.install(name=name)
     run_dir = (a.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    grpo_steps = max(1, math.ceil(a.steps * 2 / a.max_steps)) if not a.quick else a.steps
+    grpo_steps = max(1, round(a.steps / a.max_steps)) if not a.quick else a.steps
     print(f"demo: runs in {run_dir} (3SPO {a.steps} steps, GRPO {grpo_steps} steps; {a.tasks} tasks per step, "
           f"G={a.group}, H={a.max_steps}; validation on the first {a.val_tasks} household test tasks)", flush=True)
     walls = {}
@@ -128,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {algo} done in {walls[algo] / 60:.1f} min", flush=True)
     from threespo_verl.report import write_report
 
+    start = [r for r in metrics_log.read(str(run_dir / "3spo" / "metrics.jsonl"))
+             if r["step"] == 0 and "val-core/household/success" in r]
+    initial = (f" The initial model (validated once, before training, in the 3SPO run) scores "
+               f"{100 * start[0]['val-core/household/success']:.1f}% on the panel." if start else "")
+
     notes = (f"CPU demo: `household`, model `{Path(a.model).name}`, {a.tasks} tasks per step, G={a.group} "
              f"(GRPO episodes per task = 3SPO g_max), H={a.max_steps}, lr {a.lr}, validation on the first "
-             f"{a.val_tasks} tasks of the household test panel at T={a.val_temperature} before and after training. "
+             f"{a.val_tasks} tasks of the household test panel at T={a.val_temperature} after training. "
              f"Wall time: 3SPO {walls['3spo'] / 60:.1f} min, GRPO {walls['grpo'] / 60:.1f} min, demo total "
-             f"{(time.time() - t_start) / 60:.1f} min.")
+             f"{(time.time() - t_start) / 60:.1f} min.{initial}")
     md = write_report([run_dir / "3spo", run_dir / "grpo"], run_dir, names=["3SPO", "GRPO"],
                       title="threespo_verl CPU demo: 3SPO vs GRPO", notes=notes)
     print(f"demo: report {md}  (total {(time.time() - t_start) / 60:.1f} min)", flush=True)

@@ -144,7 +144,7 @@ def _dir_fingerprint(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def data_card(env_name: str) -> dict[str, Any]:
+def data_card(env_name: str, folder: str | None = None) -> dict[str, Any]:
     """Data versions of the environment: the installer's marker (archives and their sha256) when there is one."""
     if env_name == "household":
         from threespo_verl import __version__
@@ -152,7 +152,7 @@ def data_card(env_name: str) -> dict[str, Any]:
         return {"data": f"built into threespo_verl {__version__} (procedural)"}
     from threespo_verl.data import data_dir
 
-    folder = data_dir(env_name)
+    folder = Path(folder) if folder else data_dir(env_name)
     for marker in sorted(folder.glob(".threespo_installed*.json")):
         try:
             return {"data_dir": str(folder), "data": json.loads(marker.read_text())}
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds, "max_steps": max_steps, "history_length": history, "temperature": a.temperature,
         "max_tokens": max_tokens, "reasoning": reasoning, "few_shot": few_shot,
         "constrain_actions": a.constrain_actions, "model": source, "model_fingerprint": _dir_fingerprint(model),
-        "checkpoint_step": ckpt_step, "algorithm": algorithm or "unknown", **data_card(a.env),
+        "checkpoint_step": ckpt_step, "algorithm": algorithm or "unknown", **data_card(a.env, a.data_dir),
     }
     ep_path = out / "episodes.jsonl"
     done_recs = [json.loads(line) for line in ep_path.read_text().splitlines() if line.strip()] \

@@ -65,6 +65,7 @@ def test_eval_alfworld_valid_seen_games(tiny_model, alfworld_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"]["panel"] == "valid_seen" and res["protocol"]["panel_tasks"] == 140
+    assert isinstance(res["protocol"]["data"], dict)  # the installer's marker: archives and sha256
     assert res["summary"]["all"]["n_tasks"] == 3
     assert "Wilson over 3 tasks" in res["summary"]["all"]["success"]["ci_method"]
     eps = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
