@@ -1,7 +1,7 @@
 """``threespo-verl demo``: the CPU demo (README's main job). Trains ``algorithm=3spo`` and ``algorithm=grpo`` on the
 ``household`` game with SmolLM2-135M-Instruct through verl's whole loop on CPU (``threespo_trainer_cpu``: FSDP2
-actor, vLLM CPU rollout, weight sync after every update), validates both on the same fixed panel before and after
-training, and writes ``runs/demo-<time>/report.md`` with PNG plots (``threespo_verl/report.py``).
+actor, vLLM CPU rollout, weight sync after every update), validates the initial model and both trained ones on the
+same fixed panel, and writes ``runs/demo-<time>/report.md`` with PNG plots (``threespo_verl/report.py``).
 
 Both algorithms get the same environments, prompts, model, learning rate and per-task env-step budget (G x H: GRPO
 plays G episodes per task, 3SPO's tree spends G x H env steps, with G = ``--group`` = 3SPO's g_max). A 3SPO training
