@@ -156,7 +156,7 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_title("state exploration")
     save(fig, "unique_states.png")
 
-    hist_runs = [r for r in runs if any(k.startswith("explore/n_hist/") for k in r["rows"][0])]
+    hist_runs = [r for r in runs if any(k.startswith("explore/n_hist/") for row in r["rows"] for k in row)]
     if hist_runs:
         fig, ax = plt.subplots(figsize=(6.4, 4))
         width = 0.8 / len(hist_runs)

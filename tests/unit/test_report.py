@@ -8,6 +8,8 @@ from threespo_verl.verl_glue import metrics_log
 
 def _runs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
+    # the initial validation comes first, as step 0, with none of the training keys
+    metrics_log.append(str(a / "metrics.jsonl"), 0, {"val-core/household/success": 0.0}, algorithm="3spo")
     for step in (1, 2, 3):
         metrics_log.append(str(a / "metrics.jsonl"), step, {
             "explore/success": 0.25 * step, "explore/cumulative_env_steps": 100 * step,
