@@ -6,7 +6,8 @@
 
 Splits: ``household`` test (64 tasks); ``alfworld`` in = valid_seen (140 games), out = valid_unseen (134);
 ``webshop`` test (goals 0-499), test128 (the first 128). ``--limit N`` keeps the panel's first N tasks and says so in
-the card; nothing else is ever dropped: an episode that raises is recorded as a failure with its error.
+the card; nothing else is ever dropped: an episode whose environment raises is recorded as a failure with its error
+(and played again on resume); if the vLLM engine itself fails the run stops, keeps what finished, and resumes.
 
 Episodes are played by the same code as training's validation (prompt, parser, history, environment) with vLLM in
 process (``rollout/vllm_sampler.py``: the GPU engine, or the CPU build without CUDA). A verl FSDP checkpoint is first
@@ -177,6 +178,7 @@ async def play_panel(tasks, seeds: list[int], env_factory, sampler_for_seed, *, 
     """Every (seed, task) not in ``done`` once, ``concurrency`` episodes at a time; ``on_episode(record)`` as each
     ends. An environment is reused by the next episode of the same worker slot."""
     from threespo_verl.rollout.expand import play_episode
+    from threespo_verl.rollout.vllm_sampler import SamplerError
 
     todo = [(s, t) for s in seeds for t in tasks if (s, t.task_id) not in done]
     queue: asyncio.Queue = asyncio.Queue()
@@ -194,6 +196,8 @@ async def play_panel(tasks, seeds: list[int], env_factory, sampler_for_seed, *, 
                     steps = await play_episode(task, env, sampler_for_seed(seed), history_length=history_length,
                                                few_shot=few_shot, reasoning=reasoning)
                     rec = episode_record(seed, task, steps)
+                except SamplerError:
+                    raise  # the engine died: stop; the finished episodes are on disk and a rerun resumes
                 except Exception as exc:  # noqa: BLE001 - recorded as a failed episode, never dropped
                     rec = episode_record(seed, task, None, error=f"{type(exc).__name__}: {exc}")
                     if env is not None:
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     done_recs = [json.loads(line) for line in ep_path.read_text().splitlines() if line.strip()] \
         if ep_path.exists() else []
     task_ids = {t.task_id for t in tasks}
-    done_recs = [r for r in done_recs if r["task_id"] in task_ids and r["seed"] in seeds]
+    # episodes that raised are played again on resume (their old lines stay in the file as history)
+    done_recs = [r for r in done_recs if r["task_id"] in task_ids and r["seed"] in seeds and not r.get("error")]
     done = {(r["seed"], r["task_id"]) for r in done_recs}
     total = len(tasks) * len(seeds)
     print(f"eval: {a.env} {pan.name} ({len(tasks)} tasks{' of ' + str(len(pan.tasks)) if a.limit else ''}, panel "
@@ -365,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(play_panel(tasks, seeds, lambda: make(a.env, **env_kwargs), sampler.with_seed,
                                    history_length=history, few_shot=few_shot, reasoning=reasoning,
                                    concurrency=a.concurrency, done=done, on_episode=on_episode))
+        except SamplerError as exc:
+            print(f"threespo-verl eval: error: {exc}. {len(done_recs)} of {total} episodes are kept in {ep_path}; "
+                  f"run the same command again to resume", file=sys.stderr)
+            return 1
         finally:
             bar.close()
             sampler.close()

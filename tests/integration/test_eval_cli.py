@@ -40,7 +40,7 @@ def test_eval_household_per_type_table_card_and_resume(tiny_model, tmp_path):
     assert len(card["panel_sha256"]) == 64 and card["model"] == str(tiny_model)
     eps = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((e["seed"], e["task_id"]) for e in eps) == sorted({(e["seed"], e["task_id"]) for e in eps})
-    assert len(eps) == 12 and not any(e.get("error") for e in eps)
+    assert len(eps) == 12 and not any(e.get("error") for e in eps), r.stderr[-6000:]
     # constrained decoding: every action is an admissible one
     assert all(e["invalid"] == 0 for e in eps)
     types = {e["task_type"] for e in eps}
@@ -69,5 +69,6 @@ def test_eval_alfworld_valid_seen_games(tiny_model, alfworld_data, tmp_path):
     assert res["summary"]["all"]["n_tasks"] == 3
     assert "Wilson over 3 tasks" in res["summary"]["all"]["success"]["ci_method"]
     eps = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
-    assert len(eps) == 3 and all(1 <= e["steps"] <= 3 for e in eps) and not any(e.get("error") for e in eps)
+    assert len(eps) == 3 and all(1 <= e["steps"] <= 3 for e in eps) and not any(e.get("error") for e in eps), \
+        r.stderr[-6000:]
     assert "success %" in r.stdout

@@ -99,3 +99,29 @@ def test_markdown_has_table_and_card():
     md = ev.render_markdown(res)
     assert "| all | 2 | 50.0 ± 0.0" in md and "score × 100" in md and "panel_sha256" in md
     json.dumps(res)
+
+
+def test_a_dead_engine_stops_the_run_instead_of_scoring_failures():
+    import asyncio
+
+    from threespo_verl.envs import make
+    from threespo_verl.envs.panels import panel
+    from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+    from threespo_verl.rollout.vllm_sampler import SamplerError
+
+    tasks = list(panel("household", "test").tasks[:4])
+    good = scripted_sampler(ScriptedPolicy(), 0)
+    calls = {"n": 0}
+
+    async def dying(messages, n, choices=()):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise SamplerError("vLLM engine failed: EngineDeadError")
+        return await good(messages, n, choices)
+
+    recs = []
+    with pytest.raises(SamplerError):
+        asyncio.run(ev.play_panel(tasks, [0], lambda: make("household", max_steps=2), lambda s: dying,
+                                  history_length=1, few_shot=False, reasoning=False, concurrency=1, done=set(),
+                                  on_episode=recs.append))
+    assert len(recs) == 1 and "error" not in recs[0]  # the finished episode is kept, no failure invented

@@ -24,6 +24,10 @@ from threespo_verl.envs.actions import action_choice_regex
 from threespo_verl.rollout.expand import Sample
 
 
+class SamplerError(RuntimeError):
+    """The engine failed (not the episode): callers stop instead of scoring the episode as a failure."""
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -126,6 +130,10 @@ class VLLMSampler:
         self._in_flight += 1
         try:
             outs = await asyncio.gather(*[one(s) for s in seeds])
+        except (ValueError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - EngineDeadError and friends: the engine, not the episode
+            raise SamplerError(f"vLLM engine failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._in_flight -= 1
             if self._in_flight == 0 and self._busy_since is not None:
