@@ -53,10 +53,13 @@ def load_run(run: Path, name: str | None = None) -> dict[str, Any]:
 
 
 def _series(rows, key, x="step"):
+    """(x, y) of ``key`` over the log; the step-0 row (initial validation) sits at x = 0 on cumulative axes."""
     xs, ys = [], []
     for r in rows:
-        if key in r and (x == "step" or x in r) and not (isinstance(r[key], float) and math.isnan(r[key])):
-            xs.append(r["step"] if x == "step" else r[x])
+        if key not in r or (isinstance(r[key], float) and math.isnan(r[key])):
+            continue
+        if x == "step" or x in r or r["step"] == 0:
+            xs.append(r["step"] if x == "step" else r.get(x, 0))
             ys.append(r[key])
     return xs, ys
 
