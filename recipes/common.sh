@@ -87,6 +87,15 @@ spa_stages() {  # <env> <size> <work dir>: SPA's offline stages before its RL ru
   fi
 }
 
+run_spa_recipe() {  # <env> <size> [overrides...]: stages 2-3 in SPA_WORK (default runs/spa-<env>-<size>), then RL
+  local env=$1 size=$2 work
+  shift 2
+  work=$(realpath -m "${SPA_WORK:-runs/spa-$env-$size}")
+  _env_protocol "$env" >/dev/null  # H for the collect horizon
+  spa_stages "$env" "$size" "$work"
+  run_recipe "$env" spa "$size" algorithm.spa.estimator_path="$work/pe" "$@"
+}
+
 run_recipe() {  # <env> <algorithm> <size> [overrides...]
   local env=$1 algo=$2 size=$3
   shift 3

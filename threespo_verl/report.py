@@ -127,6 +127,23 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(p)
 
+    def lines(which, series, ylabel, title, name, ylim=None):
+        """One line per (run, metric key) against the training step."""
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for run in which:
+            for key, style, label in series:
+                xs, ys = _series(run["rows"], key)
+                if xs:
+                    ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{runs.index(run)}", label=f"{run['name']} {label}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(title)
+        save(fig, name)
+
     for xkey, name, xlabel in (("step", "success_vs_step.png", "training step"),
                                ("explore/cumulative_env_steps", "success_vs_env_steps.png", "env steps (cumulative)")):
         fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -179,49 +196,17 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_title("adaptive branching")
         save(fig, "n_hist.png")
 
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for i, run in enumerate(hist_runs):
-            for j, (comp, style) in enumerate((("r_novel", "-"), ("r_score_diff", "--"), ("r_success", ":"),
-                                               ("r_penalty", "-."))):
-                xs, ys = _series(run["rows"], f"explore/reward/{comp}_mean")
-                if xs:
-                    ax.plot(xs, ys, style, color=f"C{runs.index(run)}", label=f"{run['name']} {comp}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("mean per update row")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title("3SPO step-reward components (Eq.2)")
-        save(fig, "reward_components.png")
-
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for run in hist_runs:
-            for key, style, label in (("explore/pruned_rate", "-", "pruned nodes"),
-                                      ("explore/singleton_group_rate", "--", "singleton groups")):
-                xs, ys = _series(run["rows"], key)
-                if xs:
-                    ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{runs.index(run)}", label=f"{run['name']} {label}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("share of expanded nodes")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("pruning and singleton groups")
-        save(fig, "pruned_rate.png")
+        lines(hist_runs, [(f"explore/reward/{c}_mean", st, c) for c, st in
+                          (("r_novel", "-"), ("r_score_diff", "--"), ("r_success", ":"), ("r_penalty", "-."))],
+              "mean per update row", "3SPO step-reward components (Eq.2)", "reward_components.png")
+        lines(hist_runs, [("explore/pruned_rate", "-", "pruned nodes"),
+                          ("explore/singleton_group_rate", "--", "singleton groups")],
+              "share of expanded nodes", "pruning and singleton groups", "pruned_rate.png", ylim=(-0.02, 1.02))
 
     spa_runs = [r for r in runs if any("reward/progress_mean" in row for row in r["rows"])]
     if spa_runs:
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for run in spa_runs:
-            for key, style, label in (("reward/progress_mean", "-", "alpha_p c_t"),
-                                      ("reward/grounding_mean", "--", "beta g_t")):
-                xs, ys = _series(run["rows"], key)
-                ax.plot(xs, ys, style, color=f"C{runs.index(run)}", label=f"{run['name']} {label}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("mean per step row")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("SPA step-reward components")
-        save(fig, "spa_reward_components.png")
+        lines(spa_runs, [("reward/progress_mean", "-", "alpha_p c_t"), ("reward/grounding_mean", "--", "beta g_t")],
+              "mean per step row", "SPA step-reward components", "spa_reward_components.png")
     return written
 
 

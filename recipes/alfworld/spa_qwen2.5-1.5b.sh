@@ -6,7 +6,4 @@
 #   bash recipes/alfworld/spa_qwen2.5-1.5b.sh trainer.total_training_steps=10
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
-WORK=$(realpath -m "${SPA_WORK:-runs/spa-alfworld-1.5b}")
-_env_protocol alfworld >/dev/null
-spa_stages alfworld 1.5b "$WORK"
-run_recipe alfworld spa 1.5b algorithm.spa.estimator_path="$WORK/pe" "$@"
+run_spa_recipe alfworld 1.5b "$@"

@@ -6,7 +6,4 @@
 #   bash recipes/alfworld/spa_qwen2.5-7b.sh trainer.total_training_steps=10
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
-WORK=$(realpath -m "${SPA_WORK:-runs/spa-alfworld-7b}")
-_env_protocol alfworld >/dev/null
-spa_stages alfworld 7b "$WORK"
-run_recipe alfworld spa 7b algorithm.spa.estimator_path="$WORK/pe" "$@"
+run_spa_recipe alfworld 7b "$@"

@@ -6,7 +6,4 @@
 #   bash recipes/webshop/spa_qwen2.5-1.5b.sh trainer.total_training_steps=10
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
-WORK=$(realpath -m "${SPA_WORK:-runs/spa-webshop-1.5b}")
-_env_protocol webshop >/dev/null
-spa_stages webshop 1.5b "$WORK"
-run_recipe webshop spa 1.5b algorithm.spa.estimator_path="$WORK/pe" "$@"
+run_spa_recipe webshop 1.5b "$@"

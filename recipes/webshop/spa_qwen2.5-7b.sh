@@ -6,7 +6,4 @@
 #   bash recipes/webshop/spa_qwen2.5-7b.sh trainer.total_training_steps=10
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
-WORK=$(realpath -m "${SPA_WORK:-runs/spa-webshop-7b}")
-_env_protocol webshop >/dev/null
-spa_stages webshop 7b "$WORK"
-run_recipe webshop spa 7b algorithm.spa.estimator_path="$WORK/pe" "$@"
+run_spa_recipe webshop 7b "$@"
