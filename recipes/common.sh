@@ -45,10 +45,11 @@ _algorithm() {
 
 protocol_overrides() {  # <env> <algorithm> <size>
   local env_args model_args algo_args
-  env_args=$(_env_protocol "$1")
+  # explicit checks: errexit does not apply inside a function whose caller tests it ($(...) || exit)
+  env_args=$(_env_protocol "$1") || return 2
   _env_protocol "$1" >/dev/null  # sets H in this shell (command substitution runs in a subshell)
-  model_args=$(_model "$3")
-  algo_args=$(_algorithm "$2")
+  model_args=$(_model "$3") || return 2
+  algo_args=$(_algorithm "$2") || return 2
   echo "$env_args $algo_args $model_args data.train_batch_size=${TASKS} data.max_prompt_length=4096" \
     "data.max_response_length=512 env.reasoning=true actor_rollout_ref.actor.optim.lr=1e-6" \
     "actor_rollout_ref.actor.use_kl_loss=true actor_rollout_ref.actor.kl_loss_coef=0.01" \
@@ -100,7 +101,7 @@ run_recipe() {  # <env> <algorithm> <size> [overrides...]
   local env=$1 algo=$2 size=$3
   shift 3
   local proto
-  proto=$(protocol_overrides "$env" "$algo" "$size")
+  proto=$(protocol_overrides "$env" "$algo" "$size") || exit 2
   # shellcheck disable=SC2086  # the protocol is a whitespace-separated override list without spaces inside
   launch $proto "$@"
 }

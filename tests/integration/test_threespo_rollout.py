@@ -305,8 +305,10 @@ def test_spa_rows_rewards_and_advantages(cluster):
     assert any(e["r_grounding"] == 0 for e in es) and any(e["r_grounding"] > 0 for e in es)
     tr._compute_advantage(batch, {})
     adv = np.array([float(a[0]) for a in fetch(batch, "advantages")])
-    scores = np.array([float(s.sum()) for s in fetch(batch, "rm_scores")])
+    rm_rows = fetch(batch, "rm_scores")
+    scores = np.array([float(s.sum()) for s in rm_rows])
     np.testing.assert_allclose(scores, [e["step_reward"] for e in es], atol=1e-6)  # one reward per row
+    assert all(float(s[:-1].abs().sum()) == 0.0 for s in rm_rows)  # ... at its last response token
     # A_t = G_t - mean over the task's sessions that reached step t of G_t (0 when only one reached it)
     to_go = np.zeros(len(es))
     for rows in sessions.values():

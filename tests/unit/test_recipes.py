@@ -100,5 +100,7 @@ def test_user_overrides_and_env_vars_win():
 def test_unknown_names_fail_with_the_valid_ones(tmp_path):
     shell = tmp_path / "bad.sh"
     shell.write_text(f'source "{ROOT}/recipes/common.sh"\nrun_recipe alfworld ppo 1.5b\n')
-    out = subprocess.run(["bash", str(shell)], capture_output=True, text=True)
-    assert out.returncode != 0 and "unknown algorithm 'ppo' (3spo | grpo | gigpo | spa)" in out.stderr
+    # PYTHON=false: if the recipe got as far as launching, the launcher would exit 1 instead of starting verl
+    out = subprocess.run(["bash", str(shell)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHON": "false"})
+    assert out.returncode == 2 and "unknown algorithm 'ppo' (3spo | grpo | gigpo | spa)" in out.stderr
