@@ -23,7 +23,6 @@ to ``<run>/train.log``; progress is shown per training step.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys

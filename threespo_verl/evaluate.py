@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from threespo_verl.rollout.vllm_sampler import VLLMSampler
+    from threespo_verl.rollout.vllm_sampler import SamplerError, VLLMSampler
 
     sampler = VLLMSampler(str(model), temperature=a.temperature, max_tokens=max_tokens,
                           constrain_actions=a.constrain_actions, seed=0, max_model_len=a.max_model_len)

@@ -94,7 +94,8 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
     step_s = [r["timing_s/step"] for r in rows if "timing_s/step" in r]
     return {
         "run": run["name"], "algorithm": run["algorithm"], "steps": rows[-1]["step"],
-        "env_steps": _last(rows, "explore/cumulative_env_steps"), "llm_calls": _last(rows, "explore/cumulative_llm_calls"),
+        "env_steps": _last(rows, "explore/cumulative_env_steps"),
+        "llm_calls": _last(rows, "explore/cumulative_llm_calls"),
         "unique_states": _last(rows, "explore/cumulative_unique_states"),
         "train_success": _last(rows, sk) if sk else None, "val": val,
         "s_per_step": (sum(step_s) / len(step_s)) if step_s else None,
@@ -134,7 +135,8 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
             for key, style, label in series:
                 xs, ys = _series(run["rows"], key)
                 if xs:
-                    ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{runs.index(run)}", label=f"{run['name']} {label}")
+                    ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{runs.index(run)}",
+                            label=f"{run['name']} {label}")
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         if ylim:

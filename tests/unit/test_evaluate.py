@@ -125,3 +125,38 @@ def test_a_dead_engine_stops_the_run_instead_of_scoring_failures():
                                   history_length=1, few_shot=False, reasoning=False, concurrency=1, done=set(),
                                   on_episode=recs.append))
     assert len(recs) == 1 and "error" not in recs[0]  # the finished episode is kept, no failure invented
+
+
+def test_cli_stops_with_exit_1_and_resume_hint_when_the_engine_dies(tmp_path, monkeypatch, capsys):
+    """The CLI's handling of an engine failure, with a deliberately failing engine stand-in (the real engine runs in
+    tests/integration/test_eval_cli.py)."""
+    from threespo_verl.rollout import vllm_sampler
+
+    class DeadEngine:
+        stats = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "generate_s": 0.0}
+
+        def __init__(self, *a, **k):
+            pass
+
+        def with_seed(self, seed):
+            async def sample(messages, n, choices=()):
+                raise vllm_sampler.SamplerError("vLLM engine failed: EngineDeadError")
+            return sample
+
+        def close(self):
+            pass
+
+        def tokens_per_s(self):
+            return 0.0
+
+    monkeypatch.setattr(vllm_sampler, "VLLMSampler", DeadEngine)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    out = tmp_path / "ev"
+    rc = ev.main(["--model", str(model), "--env", "household", "--split", "test", "--seeds", "1", "--limit", "2",
+                  "--no-reasoning", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "EngineDeadError" in err and "run the same command again to resume" in err
+    assert not (out / "results.json").exists()  # no results made of invented failures
+    assert (out / "episodes.jsonl").read_text() == ""

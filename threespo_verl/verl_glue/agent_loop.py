@@ -1,4 +1,4 @@
-"""The agent loop ``threespo_step``: one node expansion (3SPO) or one full episode (GRPO, GiGPO, validation).
+"""The agent loop ``threespo_step``: one node expansion (3SPO) or one full episode (GRPO, GiGPO, SPA, validation).
 
 verl's v1 ``AgentLoopWorkerTQ`` instantiates this loop for every session of a prompt row and puts the returned
 ``AgentLoopOutput`` list into TransferQueue, one row per output (key ``{uid}_{session}_{i}``). The row's
@@ -9,7 +9,9 @@ verl's v1 ``AgentLoopWorkerTQ`` instantiates this loop for every session of a pr
   ``server_manager.generate`` calls that share one request id (the node's uid: the same vLLM replica and its prefix
   cache), merge identical actions, step, score by Eq.2 and return one output per distinct branch. n = 0 returns
   ``[]`` (verl writes nothing for an empty list) and records the pruned trajectory in the store.
-* ``{"mode": "episode", "task"}``: play the task to the end, one output per step, outcome on the last.
+* ``{"mode": "episode", "task"}``: play the task to the end, one output per step, outcome on the last; with
+  ``algorithm=spa`` each step's reward is alpha_p c_t (the estimator worker's progress for the finished episode)
+  + beta g'_t (the guarded grounding bonus) instead.
 
 Every output carries the same ``extra_fields`` keys (``EXTRA_KEYS``): the row metadata the trainer and the
 estimators read (``verl_glue/row_meta.py``), the reward components, what the tree needs about the child, and
@@ -44,7 +46,8 @@ from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs,
 EXTRA_KEYS = (
     "mode", "task_id", "task_type", "traj_id", "step_index", "node_id", "parent_node_id", "state_key", "round",
     "branch", "n_branches", "n_score", "score", "n_total", "step_reward", "r_novel", "r_score_diff", "r_success",
-    "r_penalty", "r_progress", "r_grounding", "valid_action", "parse_reason", "merged", "action", "action_text", "child_state_key", "child_obs",
+    "r_penalty", "r_progress", "r_grounding", "valid_action", "parse_reason", "merged", "action", "action_text",
+    "child_state_key", "child_obs",
     "done", "won", "timeout", "env_score", "replayed_steps", "parent_obs", "tree_id", "prompt_truncated",
     "min_global_steps",
     "max_global_steps", "reward_extra_info",
@@ -185,7 +188,8 @@ class StepRolloutAgentLoop(AgentLoopBase):
                 "state_key": exp.state_key, "round": int(req["round"]), "branch": i, "n_branches": exp.n_branches,
                 "n_score": exp.n_score, "score": exp.score, "n_total": exp.n_total, "step_reward": b.reward,
                 "r_novel": b.r_novel, "r_score_diff": b.r_score_diff, "r_success": b.r_success,
-                "r_penalty": b.r_penalty, "r_progress": 0.0, "r_grounding": 0.0, "valid_action": b.valid, "parse_reason": b.parse_reason,
+                "r_penalty": b.r_penalty, "r_progress": 0.0, "r_grounding": 0.0, "valid_action": b.valid,
+                "parse_reason": b.parse_reason,
                 "merged": b.merged, "action": b.action, "action_text": b.action_text,
                 "child_state_key": b.state_key, "child_obs": b.obs_text, "done": b.done, "won": b.won,
                 "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": exp.replayed_steps,
@@ -223,7 +227,8 @@ class StepRolloutAgentLoop(AgentLoopBase):
         for t, s in enumerate(steps):
             b = s.branch
             extra = {
-                "mode": "episode", "task_id": task.task_id, "task_type": task.task_type, "traj_id": f"{self._uid}/{self._session}",
+                "mode": "episode", "task_id": task.task_id, "task_type": task.task_type,
+                "traj_id": f"{self._uid}/{self._session}",
                 "step_index": t, "node_id": t + 1, "parent_node_id": t, "state_key": s.state_key, "round": -1,
                 "branch": 0, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0,
                 "step_reward": (progress[t] + grounded[t]) if self._algo.get("name") == "spa" else b.reward,
@@ -236,7 +241,6 @@ class StepRolloutAgentLoop(AgentLoopBase):
             }
             outputs.append(self._output(b.sample, last.env_reward, extra))
         return outputs
-
 
     async def _spa_rewards(self, task: Task, steps, prompts, history_length: int) -> tuple[list[float], list[float]]:
         """SPA's step reward parts (DESIGN §3): alpha_p * c_t from the estimator worker and beta * g'_t, the
