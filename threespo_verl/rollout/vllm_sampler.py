@@ -38,7 +38,7 @@ def _cuda_available() -> bool:
 
 
 class VLLMSampler:
-    """``await sampler(messages, n, choices)`` -> n replies of the model in ``model_path``.
+    """``await sampler.with_seed(seed)(messages, n, choices)`` -> n replies of the model in ``model_path``.
 
     The engine starts on the first call (it needs the running event loop); ``close()`` shuts it down.
     ``stats`` counts requests, generated tokens and generation wall time (tokens/s for reports)."""
@@ -94,11 +94,6 @@ class VLLMSampler:
             return await self.generate(messages, n, choices, seed=seed)
 
         return sample
-
-    async def __call__(self, messages: list[dict[str, str]], n: int, choices: tuple[str, ...] = ()) -> list[Sample]:
-        return await self.generate(messages, n, choices, seed=self.seed)
-
-    sample = __call__
 
     async def generate(self, messages: list[dict[str, str]], n: int, choices: tuple[str, ...] = (), *,
                        seed: int) -> list[Sample]:

@@ -101,7 +101,7 @@ def cmd_collect(args) -> int:
 
         sampler = VLLMSampler(args.model, temperature=args.temperature, max_tokens=args.max_tokens,
                               constrain_actions=False, seed=args.seed)
-        sample = sampler.sample if hasattr(sampler, "sample") else sampler
+        sample = sampler.with_seed(args.seed)
         closer = sampler.close
         policy = f"model {args.model} (vLLM, temperature {args.temperature}, seed {args.seed})"
     try:

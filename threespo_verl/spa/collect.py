@@ -108,8 +108,9 @@ def trajectory_record(task: Task, rollout: int, steps, prompts: list[tuple[list[
     }
 
 
-async def _play(task: Task, rollout: int, env: TextEnv, sample: SampleFn, history_length: int, few_shot: bool,
-                reasoning: bool, parser: ActionParser) -> dict[str, Any]:
+def prompt_recorder() -> tuple[list[tuple[list[dict], tuple[str, ...]]], Callable[..., list[dict]]]:
+    """(prompts, render): ``render`` is ``render_prompt`` that also appends (messages, admissible actions) of each
+    step to ``prompts`` — pass it to ``play_episode(render=...)`` to build the episode's ``trajectory_record``."""
     prompts: list[tuple[list[dict], tuple[str, ...]]] = []
 
     def render(env_name, obs, history, **kw):
@@ -117,6 +118,12 @@ async def _play(task: Task, rollout: int, env: TextEnv, sample: SampleFn, histor
         prompts.append((messages, tuple(obs.admissible_actions)))
         return messages
 
+    return prompts, render
+
+
+async def _play(task: Task, rollout: int, env: TextEnv, sample: SampleFn, history_length: int, few_shot: bool,
+                reasoning: bool, parser: ActionParser) -> dict[str, Any]:
+    prompts, render = prompt_recorder()
     steps = await play_episode(task, env, sample, history_length=history_length, few_shot=few_shot,
                                reasoning=reasoning, parser=parser, render=render)
     return trajectory_record(task, rollout, steps, prompts, history_length)

@@ -36,7 +36,6 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 
 from threespo_verl.envs import make
 from threespo_verl.envs.base import Task
-from threespo_verl.envs.prompts import render_prompt
 from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import ActorScorer, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.tree import trajectory_keys
@@ -202,13 +201,12 @@ class StepRolloutAgentLoop(AgentLoopBase):
     # ---- trajectory mode -----------------------------------------------------------------------------------------
     async def _run_episode(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
         env = make(self._env["name"], **env_kwargs(self._env))
-        prompts: list[tuple[list[dict[str, str]], tuple[str, ...]]] = []
+        spa = self._algo.get("name") == "spa"
+        prompts, render = [], None
+        if spa:  # SPA's estimator reads the episode back as a trajectory record, prompts included
+            from threespo_verl.spa.collect import prompt_recorder
 
-        def render(env_name, obs, history, **kw):  # the prompts SPA's estimator reads back (trajectory record)
-            messages = render_prompt(env_name, obs, history, **kw)
-            prompts.append((messages, tuple(obs.admissible_actions)))
-            return messages
-
+            prompts, render = prompt_recorder()
         history_length = int(self._env.get("history_length", 2))
         try:
             steps = await play_episode(
@@ -218,7 +216,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
         finally:
             env.close()
         progress = grounded = [0.0] * len(steps)
-        if self._algo.get("name") == "spa":
+        if spa:
             progress, grounded = await self._spa_rewards(task, steps, prompts, history_length)
         last = steps[-1].branch
         info = {"won": float(last.won), "score": last.env_reward, "episode_length": float(len(steps)),
@@ -231,7 +229,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
                 "traj_id": f"{self._uid}/{self._session}",
                 "step_index": t, "node_id": t + 1, "parent_node_id": t, "state_key": s.state_key, "round": -1,
                 "branch": 0, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0,
-                "step_reward": (progress[t] + grounded[t]) if self._algo.get("name") == "spa" else b.reward,
+                "step_reward": (progress[t] + grounded[t]) if spa else b.reward,
                 "r_novel": 0.0, "r_score_diff": 0.0, "r_success": b.r_success, "r_penalty": 0.0,
                 "r_progress": progress[t], "r_grounding": grounded[t],
                 "valid_action": b.valid, "parse_reason": b.parse_reason, "merged": 1, "action": b.action,
