@@ -75,6 +75,8 @@ class VLLMSampler:
                                       enforce_eager=self.device == "cpu", disable_log_stats=True)
         if self.device != "cpu":
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+        else:  # no partial prefills: vLLM rewinds a seeded request's generator after one, CPU generators cannot
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_model_len, 8192))
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
     def close(self) -> None:
