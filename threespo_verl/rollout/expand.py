@@ -32,7 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from threespo_verl.algos.threespo import branching, state_score, step_reward, untruncated_state_score
+from threespo_verl.algos.threespo import (StepReward, branching, state_score, step_reward,
+                                          untruncated_state_score)
 from threespo_verl.envs.actions import DEFAULT_PARSER, ActionParser
 from threespo_verl.envs.base import Observation, Task
 from threespo_verl.envs.prompts import render_prompt
@@ -254,6 +255,31 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
         b.r_success, b.r_penalty = float(r.success[i]), float(r.penalty[i])
     return Expansion(obs.state_key, obs.text, score_t, int(n_t[0]), n, n_score, branches, replayed, reply_rows,
                      diff_t)
+
+
+def rescore_rows(rows: Sequence[dict[str, Any]], params: ScoreParams, lookup) -> StepReward:
+    """Eq.2 for already expanded replies, with the statistics ``lookup`` returns now (``reward_stats: update``).
+
+    Each row is a node row's extra fields (``task_id``, ``state_key`` of the parent, ``child_state_key``,
+    ``valid_action``, ``won``, ``done``). ``lookup(store_keys) -> (N_total, N_success, t)`` reads the committed
+    statistics; every Eq.2 term is recomputed from them (the scores of s_t and s_t+1 and N_total(s_t) in w), so a
+    reply whose child lies on a path that succeeded after the round (S_u ~ 0) is credited against its siblings.
+    Returns the ``StepReward`` arrays over ``rows``.
+    """
+    if not rows:
+        z = np.zeros(0)
+        return StepReward(z, z, z, z, z)
+    parents = [k for r in rows for k in params.store_keys(r["task_id"], [r["state_key"]])]
+    children = [k for r in rows for k in params.store_keys(r["task_id"], [r["child_state_key"]])]
+    n_total, n_success, t = lookup(parents + children)
+    n_total, n_success = np.asarray(n_total), np.asarray(n_success)
+    m = len(rows)
+    score = params.diff_score(n_total, n_success, t)
+    return step_reward(score[:m], score[m:], n_total[:m],
+                       novel=[r["child_state_key"] != r["state_key"] for r in rows],
+                       won=[bool(r["won"]) for r in rows], terminal=[bool(r["done"]) for r in rows],
+                       invalid=[not r["valid_action"] for r in rows], omega_k=params.omega_k,
+                       invalid_action_penalty=params.invalid_action_penalty)
 
 
 @dataclasses.dataclass

@@ -217,7 +217,10 @@ class StepRolloutAgentLoop(AgentLoopBase):
                       reward_score=float(reward), num_turns=2,
                       metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=extra)
         if self.rollout_config.calculate_log_probs:
-            fields["response_logprobs"] = logprobs if logprobs is not None else [0.0] * len(response_ids)
+            if logprobs is None:  # bypass mode would train against made-up old log-probs
+                raise RuntimeError("rollout.calculate_log_probs is set but the rollout engine returned no log-probs "
+                                   "for a reply; check the rollout engine's logprobs support")
+            fields["response_logprobs"] = logprobs
         return AgentLoopOutput(**fields)
 
     # ---- 3SPO node expansion -------------------------------------------------------------------------------------

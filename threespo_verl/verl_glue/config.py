@@ -17,6 +17,7 @@ STEP_ADV_NORMS = ("mean_std", "mean")
 SCORE_DIFFS = ("untruncated", "literal")
 STATE_SCOPES = ("task", "global")
 UPDATE_MODES = ("post_step", "post_trajectory")
+REWARD_STATS = ("round", "update")
 GIGPO_MODES = ("mean_std_norm", "mean_norm")
 SPA_GUARDS = ("normalized", "state_change", "cap")  # = threespo_verl.algos.spa.GUARD_MODES
 
@@ -34,6 +35,9 @@ class ThreeSPOConfig(BaseConfig):
     omega_k: float = 0.1
     # Eq.2 difference term: "untruncated" exp(-lambda SR) (default) or "literal" (the truncated S of Eq.1)
     score_diff: str = "untruncated"
+    # Eq.2's statistics: "round" (the snapshot before the expansion round, the paper's) or "update" (those committed
+    # when the update's advantages are computed: with post_trajectory, every trajectory of the update's trees)
+    reward_stats: str = "round"
     # statistics per (task, state) ("task", default) or pooled over tasks ("global", an ablation)
     state_scope: str = "task"
     # Eq.3 branching n(s) = ceil(G_max S(s))
@@ -62,6 +66,8 @@ class ThreeSPOConfig(BaseConfig):
             raise ValueError(f"algorithm.threespo.update_mode={self.update_mode!r}; valid: {UPDATE_MODES}")
         if self.score_diff not in SCORE_DIFFS:
             raise ValueError(f"algorithm.threespo.score_diff={self.score_diff!r}; valid: {SCORE_DIFFS}")
+        if self.reward_stats not in REWARD_STATS:
+            raise ValueError(f"algorithm.threespo.reward_stats={self.reward_stats!r}; valid: {REWARD_STATS}")
         if self.state_scope not in STATE_SCOPES:
             raise ValueError(f"algorithm.threespo.state_scope={self.state_scope!r}; valid: {STATE_SCOPES}")
         if self.g_max < 1:

@@ -61,7 +61,7 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.workers.utils.padding import response_to_nested
 
 from threespo_verl.envs.base import Task
-from threespo_verl.rollout.expand import ScoreParams
+from threespo_verl.rollout.expand import ScoreParams, rescore_rows
 from threespo_verl.rollout.trajectory import TRAJECTORY_ALGOS, place_turn_rewards
 from threespo_verl.rollout.tree import ChildOutcome, Frontiers, TaskTree, Trajectory
 from threespo_verl.store.state_store import key_hash
@@ -525,6 +525,8 @@ class ThreeSPOTrainer(PPOTrainerSync):
         session's final row: for it that row carries the episode's return (the sum of its step rewards: the outcome
         minus the invalid-action penalties, DESIGN §2.8) and the session's other rows 0."""
         rewards = [float(e.get("step_reward", 0.0)) for e in extras]
+        if self.algo == "3spo" and self.tcfg.get("reward_stats", "round") == "update":
+            rewards = self._rescored(batch, extras, rewards)
         if str(self.config.algorithm.adv_estimator) == "grpo":
             rewards = episode_returns_on_final_rows(extras, [t.get("is_padding", False) for t in batch.tags])
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
@@ -544,6 +546,29 @@ class ThreeSPOTrainer(PPOTrainerSync):
         out = TensorDict({"rm_scores": response_to_nested(scores, mask)}, batch_size=len(batch))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
 
+    def _rescored(self, batch: KVBatchMeta, extras: list[dict[str, Any]], rewards: list[float]) -> list[float]:
+        """``reward_stats: update``: Eq.2 of every node row from the statistics committed now (``rescore_rows``); the
+        round-time rewards stay in the rows' extra fields (explore/reward/*), the re-scored means go to
+        ``explore/reward/update_*``."""
+        import ray
+
+        idx = [i for i, (t, e) in enumerate(zip(batch.tags, extras))
+               if not t.get("is_padding", False) and e.get("mode") == "node" and not e.get("pruned", False)]
+
+        def lookup(keys):
+            (n_total, n_success), t = ray.get(self.store.lookup_with_t.remote(list(keys)))
+            return n_total, n_success, t
+
+        r = rescore_rows([extras[i] for i in idx], self.params, lookup)
+        out = list(rewards)
+        for j, i in enumerate(idx):
+            out[i] = float(r.total[j])
+        if idx:
+            self._rescore_metrics = {"explore/reward/update_reward_mean": float(np.mean(r.total)),
+                                     "explore/reward/update_r_score_diff_mean": float(np.mean(r.score_diff)),
+                                     "explore/reward/update_r_novel_mean": float(np.mean(r.novelty))}
+        return out
+
     def row_metadata(self, batch: KVBatchMeta, extras: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """The per-row metadata of ``row_meta`` for this batch, aligned with ``batch.keys``."""
         pad = np.array([bool(t.get("is_padding", False)) for t in batch.tags])
@@ -562,7 +587,9 @@ class ThreeSPOTrainer(PPOTrainerSync):
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         extras = _extra_fields(batch)
+        self._rescore_metrics: dict[str, float] = {}
         self._row_rewards_to_tq(batch, extras)
+        metrics.update(self._rescore_metrics)
         with rm.row_metadata(self.row_metadata(batch, extras)):
             batch = super()._compute_advantage(batch, metrics)
         if self.mutation == "flip_advantage":
@@ -628,6 +655,7 @@ class ThreeSPOTrainer(PPOTrainerSync):
         steps = k * int(actor.ppo_epochs)
         self.counters["optimizer_steps"] += steps
         metrics["actor/optimizer_steps"] = steps
+        metrics["actor/update_rows"] = len(batch)
         metrics["actor/mini_batch_rows"] = b
         metrics["actor/cumulative_optimizer_steps"] = self.counters["optimizer_steps"]
         return out

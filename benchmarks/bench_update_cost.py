@@ -1,0 +1,96 @@
+"""Seconds per trained row of one update on CPU, before and after the update-cost levers, side by side in one run.
+
+    python benchmarks/bench_update_cost.py                       # smollm2-135m and tiny-qwen2-bc (about 25 min)
+    python benchmarks/bench_update_cost.py --models tiny-qwen2-bc --steps 2
+
+Each (model, variant) pair trains GRPO for ``--steps`` steps on the CPU learning testbed (threespo_verl/testbed.py:
+household ``easy_train``, 4 tasks x 8 episodes, replies of at most 48 tokens) through verl's real loop, and reads
+verl's own stage timers from the run's metrics log: ``timing_s/old_log_prob`` (the actor's forward that recomputes the
+rollout's log-probs), ``timing_s/ref`` (the reference forward; verl runs it only with a KL term), ``timing_s/
+update_actor`` (the FSDP update) and ``timing_s/update_weights`` (the weight sync into vLLM), divided by the update's
+rows (``actor/update_rows``). The first step is left out (it warms caches up); the others are averaged.
+
+Variants:
+
+* ``today``: the configuration before the levers: the actor recomputes old log-probs (verl's decoupled mode) and
+  a reference forward runs (``actor.use_kl_loss=true`` with ``kl_loss_coef=0``: what a KL-regularised recipe pays;
+  verl skips the reference when no KL term is used, which is this project's default).
+* ``levers``: no KL term (no reference forward) and the rollout engine's log-probs serve as old log-probs (verl's
+  ``algorithm.rollout_correction.bypass_mode``: one on-policy pass, PPO ratio against the sampling policy), which
+  ``actor_rollout_ref.rollout.calculate_log_probs=true`` makes vLLM return with each reply.
+
+It prints a table and, per model, ``MODEL: s/row today X.XXX, levers X.XXX, speed-up X.XXx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from threespo_verl import testbed
+from threespo_verl.verl_glue import metrics_log
+
+STAGES = ("old_log_prob", "ref", "update_actor", "update_weights")
+VARIANTS = {
+    "today": ["actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.0"],
+    "levers": ["actor_rollout_ref.actor.use_kl_loss=false", "algorithm.rollout_correction.bypass_mode=true",
+               "actor_rollout_ref.rollout.calculate_log_probs=true"],
+}
+
+
+def per_row(rows: list[dict], skip: int = 1) -> dict[str, float]:
+    """Mean seconds per trained row of each stage over the logged steps after the first ``skip``."""
+    steps = [r for r in rows if "actor/update_rows" in r][skip:]
+    if not steps:
+        raise RuntimeError("no training step after the warm-up step was logged; raise --steps")
+    out = {}
+    for stage in STAGES:
+        out[stage] = float(np.mean([r.get(f"timing_s/{stage}", 0.0) / r["actor/update_rows"] for r in steps]))
+    out["total"] = sum(out[s] for s in STAGES)
+    out["rows"] = float(np.mean([r["actor/update_rows"] for r in steps]))
+    tokens = [r.get("prompt_length/mean", 0.0) + r.get("response_length/mean", 0.0) for r in steps]
+    out["tokens_per_row"] = float(np.mean(tokens))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="smollm2-135m,tiny-qwen2-bc",
+                    help="names of `threespo-verl setup model` (installed on first use) or model folders")
+    ap.add_argument("--steps", type=int, default=3, help="GRPO steps per run (the first is a warm-up)")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_update_cost"))
+    a = ap.parse_args(argv)
+    from threespo_verl import models
+
+    out = a.out.resolve()
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    for name in [m.strip() for m in a.models.split(",") if m.strip()]:
+        path = Path(name) if Path(name).is_dir() else models.install(name=name)
+        label = Path(name).name
+        for variant, extra in VARIANTS.items():
+            run = out / f"{label}-{variant}"
+            if not (run / "done.json").exists():
+                overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", 8),
+                             f"actor_rollout_ref.model.path={path}", "data.train_batch_size=4",
+                             "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
+                             "data.seed=0", *extra]
+                wall = testbed.run_training(overrides, run, a.steps, f"{label} {variant}")
+                (run / "done.json").write_text(json.dumps({"wall_s": wall}))
+            results[(label, variant)] = per_row(metrics_log.read(str(run / "metrics.jsonl")))
+    print(f"\n{'model':<16} {'variant':<8} {'rows':>6} {'tok/row':>8} "
+          + " ".join(f"{s:>15}" for s in STAGES) + f" {'s/row':>8}")
+    for (label, variant), r in results.items():
+        print(f"{label:<16} {variant:<8} {r['rows']:>6.0f} {r['tokens_per_row']:>8.0f} "
+              + " ".join(f"{r[s]:>15.4f}" for s in STAGES) + f" {r['total']:>8.4f}")
+    print()
+    for label in dict.fromkeys(k[0] for k in results):
+        before, after = results[(label, "today")]["total"], results[(label, "levers")]["total"]
+        print(f"{label}: s/row today {before:.3f}, levers {after:.3f}, speed-up {before / after:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
