@@ -1,6 +1,7 @@
 """Learning curves of 3SPO, GRPO, GiGPO, SPA, PPO and SPA-PPO on the CPU learning testbed, at equal env-step budgets.
 
-    python benchmarks/bench_learning.py                 # 3 seeds x 6 algorithms (about 3-4.5 h on 2 cores)
+    python benchmarks/bench_learning.py                 # 3 seeds x 7 algorithms (about 2-3 h on 2 cores)
+    python benchmarks/bench_learning.py --algos 3spo,3spo_paper,grpo --grpo-steps 4   # about 45 min
     python benchmarks/bench_learning.py --quick         # 1 seed, a short budget: a smoke run
     python benchmarks/bench_learning.py --algos 3spo,grpo --seeds 3 --out runs/bench_learning
 
@@ -8,8 +9,12 @@ Protocol (docs/DESIGN.md §8, the testbed in threespo_verl/testbed.py): every ru
 (``threespo-verl setup model tiny-qwen2-bc``) and trains through verl's real loop on household ``easy_train``
 (``data.train_batch_size`` tasks at a time, G = ``--group`` episodes per task for the episode algorithms, g_max = G
 for 3SPO), with the same learning rate, mini-batches of ``algorithm.mini_batch_rows`` rows, outcome (success) and
-invalid-action penalty. Budgets are equal in env steps: a GRPO step spends at most tasks x G x H env steps, a 3SPO
-round at most tasks x G, so 3SPO gets H times the steps (and validates H times less often in steps). Validation
+invalid-action penalty. Budgets are equal in env steps: a GRPO step spends at most tasks x G x H env steps, and so
+does a step of ``3spo`` (one update once the batch's trees are done, Eq.2 re-scored from their statistics); a step
+of ``3spo_paper`` (the paper's timing: an update after every expansion round, Eq.2 from the round's snapshot) is one
+round of at most tasks x G env steps, so it gets H times the steps (``testbed.steps_per_update``). Trees that spend
+less than their budget (pruned, solved, out of trajectories) leave env steps unspent: the table reports what each
+run used. Validation
 plays the 32 held-out ``easy_test`` tasks once, sampling at temperature 1, before training and every
 ``--val-every`` GRPO-step equivalents. SPA (``spa`` and ``spa_ppo``) first collects trajectories with the initial
 policy and trains its progress estimator on them (``threespo-verl spa collect`` / ``train-estimator``; the same for
@@ -111,7 +116,7 @@ def spa_estimator(model: Path, out: Path, tasks: int, m: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--algos", default="3spo,grpo,gigpo,spa,ppo,spa_ppo")
+    ap.add_argument("--algos", default=",".join(testbed.ALGORITHMS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--grpo-steps", type=int, default=12, help="GRPO-step equivalents of env-step budget")
     ap.add_argument("--val-every", type=int, default=3, help="validate every N GRPO-step equivalents")
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, list[float]] = {}
     t_start = time.time()
     for algo in algos:
-        scale = h if algo == "3spo" else 1
+        scale = testbed.steps_per_update(algo, h)
         extra = list(testbed.algorithm_overrides(algo, a.group))
         if algo in ("spa", "spa_ppo"):
             extra.append(f"algorithm.spa.estimator_path={spa_estimator(model, out / 'spa', 64, 4)}")
@@ -168,8 +173,9 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
              f"budget {budget:.0f} env steps per run, {a.seeds} seed(s); mean +- 95% CI over seeds. Total wall time "
              f"{total_s / 60:.1f} min.\n",
              "| algorithm | initial | " + " | ".join(f"@{c:.0f}" for c in checkpoints)
-             + " | final | AUC | env steps to target | unique states | LLM calls | optimizer steps | wall min |",
-             "|---" * (9 + len(checkpoints)) + "|"]
+             + " | final | AUC | env steps to target | env steps used | unique states | LLM calls | optimizer steps "
+             "| wall min |",
+             "|---" * (10 + len(checkpoints)) + "|"]
     for algo, rs in runs.items():
         curves = [curve(r) for r in rs]
         s = {
@@ -181,6 +187,7 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
             "llm": mean_ci([last(r, "explore/cumulative_llm_calls") for r in rs]),
             "optim": mean_ci([last(r, "actor/cumulative_optimizer_steps") for r in rs]),
             "wall": mean_ci([w / 60 for w in walls[algo]]),
+            "env_steps": mean_ci([last(r, "explore/cumulative_env_steps") for r in rs]),
         }
         for c in checkpoints:
             s[f"@{c:.0f}"] = mean_ci([at(xs, ys, c) for xs, ys in curves])
@@ -192,7 +199,8 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
             return f"{m * scale:.1f}" + ("" if math.isnan(ci) else f" +- {ci * scale:.1f}")
 
         lines.append(f"| {algo} | {f('initial', True)} | " + " | ".join(f(f'@{c:.0f}', True) for c in checkpoints)
-                     + f" | {f('final', True)} | {f('auc', True)} | {f('to_target')} | {f('unique')} | {f('llm')} | "
+                     + f" | {f('final', True)} | {f('auc', True)} | {f('to_target')} | {f('env_steps')} | {f('unique')} | "
+                     f"{f('llm')} | "
                      f"{f('optim')} | {f('wall')} |")
     text = "\n".join(lines) + "\n"
     _plot(runs, out / "curves.png", budget)

@@ -6,10 +6,11 @@ model and both trained ones on the same 32 held-out tasks, and writes ``runs/dem
 (``threespo_verl/report.py``): both validation curves start from the shared initial point.
 
 Both algorithms get the same environments, prompts, model, learning rate, mini-batches and per-task env-step budget
-(G x H: GRPO plays G episodes per task, 3SPO's tree spends G x H env steps, G = ``--group`` = 3SPO's g_max). A GRPO
-step spends at most tasks x G x H env steps, a 3SPO step (one expansion round) at most tasks x G, so 3SPO gets H
-times the steps and validates every H x ``--val-every`` steps: validations sit at comparable env steps. The
-validation before training runs once, in the 3SPO run, and is the shared step-0 point of the report.
+(G x H: GRPO plays G episodes per task, 3SPO's tree spends G x H env steps, G = ``--group`` = 3SPO's g_max). Both
+update once per batch of tasks (3SPO once its trees are done, with Eq.2 re-scored from their statistics: the
+testbed's ``3spo``), so a training step spends at most tasks x G x H env steps in either run and validations sit at
+comparable env steps. The validation before training runs once, in the 3SPO run, and is the shared step-0 point of
+the report.
 
     threespo-verl demo                 # tiny-qwen2-bc on the testbed, about 15-25 minutes on 2 cores
     threespo-verl demo --quick         # 2 GRPO-step equivalents: a smoke run
@@ -30,7 +31,7 @@ from threespo_verl.verl_glue import metrics_log
 
 
 def _overrides(algo: str, model: Path, a) -> list[str]:
-    scale = a.max_steps if algo == "3spo" else 1
+    scale = testbed.steps_per_update(algo, a.max_steps)
     return [*testbed.overrides(a.val_tasks), *testbed.algorithm_overrides(algo, a.group),
             f"actor_rollout_ref.model.path={model}", f"env.max_steps={a.max_steps}",
             f"trainer.save_freq={a.steps * scale}", f"trainer.test_freq={a.val_every * scale}",
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 GRPO-step equivalents of training: a smoke run")
     ap.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of the demo's run folder")
     ap.add_argument("--steps", type=int, default=None,
-                    help="GRPO training steps (default 8; --quick 2); 3SPO gets H times as many")
+                    help="training steps of each algorithm (default 8; --quick 2)")
     ap.add_argument("--val-every", type=int, default=None, help="validate every N GRPO steps (default 2; quick 1)")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per training step (data.train_batch_size)")
     ap.add_argument("--max-steps", type=int, default=int(testbed.ENV["max_steps"]), help="episode horizon H")
@@ -68,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: model {a.model} (built on first use: a few minutes)", flush=True)
         model = models.install(name=a.model)
     run_dir = (a.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    print(f"demo: runs in {run_dir} (GRPO {a.steps} steps, 3SPO {a.steps * a.max_steps} rounds; {a.tasks} tasks per "
+    print(f"demo: runs in {run_dir} ({a.steps} training steps each; {a.tasks} tasks per "
           f"step, G={a.group}, H={a.max_steps}; validation on {a.val_tasks} held-out easy_test tasks)", flush=True)
     walls = {}
     for algo in ("3spo", "grpo"):
-        steps = a.steps * (a.max_steps if algo == "3spo" else 1)
+        steps = a.steps * testbed.steps_per_update(algo, a.max_steps)
         walls[algo] = testbed.run_training(_overrides(algo, model, a), run_dir / algo, steps, algo)
         print(f"demo: {algo} done in {walls[algo] / 60:.1f} min", flush=True)
     from threespo_verl.report import write_report

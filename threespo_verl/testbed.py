@@ -79,17 +79,35 @@ def behaviour_clone(folder: Path, noise: float = BC["noise"], demos: int = BC["d
                                                   max_steps=max_steps, history_length=history_length)}
 
 
+#: the algorithms the testbed runs (``algorithm_overrides``). ``3spo_paper`` is 3SPO with the paper's timing: one
+#: update after every expansion round, Eq.2 from the snapshot before the round (``update_mode=post_step``,
+#: ``reward_stats=round``); ``3spo`` updates once the batch's trees are done, with Eq.2 re-scored from the
+#: statistics of those trees (``post_trajectory``, ``update``; DESIGN §2.2 and §8 for the measurement).
+ALGORITHMS = ("3spo", "3spo_paper", "grpo", "gigpo", "spa", "ppo", "spa_ppo")
+
+
 def algorithm_overrides(algo: str, group: int) -> list[str]:
     """3SPO samples up to ``group`` (= g_max) replies per node from one tree per task; the episode algorithms play
     ``group`` episodes per task (rollout.n): the same per-task env-step budget G x H (DESIGN §2.8)."""
-    if algo == "3spo":
-        return ["algorithm=3spo", f"algorithm.threespo.g_max={group}", "actor_rollout_ref.rollout.n=1"]
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown testbed algorithm {algo!r}; valid: {', '.join(ALGORITHMS)}")
+    if algo in ("3spo", "3spo_paper"):
+        timing = (["algorithm.threespo.update_mode=post_trajectory", "algorithm.threespo.reward_stats=update"]
+                  if algo == "3spo" else
+                  ["algorithm.threespo.update_mode=post_step", "algorithm.threespo.reward_stats=round"])
+        return ["algorithm=3spo", f"algorithm.threespo.g_max={group}", "actor_rollout_ref.rollout.n=1", *timing]
     if algo in ("ppo", "spa_ppo"):
         # one row per episode (DESIGN §3): the response holds all H turns (~400 tokens each with history 1), each
         # reply keeps the 48 tokens of the step rows; 1,024 + 3,072 tokens = the tiny model's context
         return [f"algorithm={algo}", f"actor_rollout_ref.rollout.n={group}", "env.max_tokens_per_step=48",
                 "data.max_response_length=3072"]
     return [f"algorithm={algo}", f"actor_rollout_ref.rollout.n={group}"]
+
+
+def steps_per_update(algo: str, horizon: int = int(ENV["max_steps"])) -> int:
+    """Training steps of ``algo`` that spend the env steps of one GRPO step (at most tasks x G x H): one, except for
+    3SPO with the paper's timing, whose step is one expansion round (at most tasks x G env steps), so H of them."""
+    return horizon if algo == "3spo_paper" else 1
 
 
 def _follow(log: Path, total: int, label: str, stop) -> None:
