@@ -44,7 +44,7 @@ def setup(env_name: str, n_tasks: int, max_steps: int, data: Path | None, scratc
             raise SystemExit("ALFWorld data not found: run `threespo-verl setup alfworld` (or pass --data DIR)")
         tasks = list(panel("alfworld", "valid_seen", data_dir=folder).tasks)[:n_tasks]
         env = make("alfworld", data_dir=folder, max_steps=max_steps)
-        plans = {env.reset(t).goal: env.walkthrough(t) for t in tasks}
+        plans = {env.reset(t)[0].goal: env.walkthrough(t) for t in tasks}
         env.close()
         return tasks, (lambda: make("alfworld", data_dir=folder, max_steps=max_steps)), plans, "valid_seen games"
     raise SystemExit(f"--env must be household or alfworld, got {env_name!r}")

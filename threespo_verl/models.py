@@ -296,13 +296,13 @@ def _household_action_examples(n: int, seed: int) -> list[tuple[list[dict], str]
     out = []
     while len(out) < n:
         task = tasks[rng.randrange(len(tasks))]
-        obs = env.reset(task)
+        obs, _info = env.reset(task)
         history: list[tuple[str, str]] = []
         for _ in range(rng.randrange(0, 6)):
             a = rng.choice(obs.admissible_actions)
             history.append((obs.text, a))
-            obs, _r, done, _i = env.step(a)
-            if done:
+            obs, _r, terminated, truncated, _i = env.step(a)
+            if terminated or truncated:
                 break
         if not obs.admissible_actions:
             continue

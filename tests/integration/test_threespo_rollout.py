@@ -140,7 +140,7 @@ def test_pruned_node_emits_nothing_and_statistics_wait_for_the_commit(cluster):
     r = rig(cluster, ["data.train_batch_size=1"], policy=NOISY)
     tr = r.trainer
     task = make("household").tasks("train")[7]
-    root = make("household").reset(task).state_key
+    root = make("household").reset(task)[0].state_key
     # 10 failures through the root (statistics per task: the store key is (task, state)), recorded but not
     # committed: S(root) is still 1 for this round
     root = scoped_keys(task.task_id, [root])[0]

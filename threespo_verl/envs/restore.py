@@ -123,8 +123,8 @@ class EnvCache:
 
     def _advance(self, env: TextEnv, actions: Sequence[str | None]) -> None:
         for action in actions:
-            _obs, _r, done, _info = env.step(action)
+            _obs, _r, terminated, truncated, _info = env.step(action)
             self.stats["replayed_steps"] += 1
-            if done:
+            if terminated or truncated:
                 raise RuntimeError("replaying a node's action prefix ended the episode early; the prefix is not a "
                                    "non-terminal node of this task (is the environment deterministic?)")

@@ -83,7 +83,7 @@ def household_plans(tasks) -> dict[str, list[str]]:
     from threespo_verl.envs.household import HouseholdEnv
 
     env = HouseholdEnv()
-    return {env.reset(t).goal: env.oracle_actions(t) for t in tasks}
+    return {env.reset(t)[0].goal: env.oracle_actions(t) for t in tasks}
 
 
 def seeded_rng(*parts: Any) -> random.Random:

@@ -92,7 +92,7 @@ def play_expert(env_name: str, env, task, *, history_length: int = 2, few_shot: 
     from threespo_verl.envs.prompts import render_prompt
 
     actions = expert_actions(env_name, env, task)
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     history: list[tuple[str, str]] = []
     messages: list[dict[str, str]] = []
     won, reward, steps, invalid = False, 0.0, 0, 0
@@ -100,12 +100,12 @@ def play_expert(env_name: str, env, task, *, history_length: int = 2, few_shot: 
         messages += render_prompt(env_name, obs, history, history_length=history_length, few_shot=few_shot,
                                   reasoning=reasoning)
         messages.append({"role": "assistant", "content": expert_reply(obs.goal, action, reasoning)})
-        nobs, r, done, info = env.step(action)
+        nobs, r, terminated, truncated, info = env.step(action)
         steps += 1
         invalid += not info["valid"]
         history.append((obs.text, action))
         obs, won, reward = nobs, bool(info["won"]), float(r)
-        if done:
+        if terminated or truncated:
             break
     return {"format": FORMAT, "source": EXPERT_NAMES[env_name], "task_id": task.task_id, "env_name": env_name,
             "task_type": task.task_type, "rollout": 0, "won": won, "reward": reward, "n_steps": steps,
