@@ -16,7 +16,7 @@ tq = pytest.importorskip("transfer_queue")
 
 from tests.integration import verl_harness as H  # noqa: E402
 from threespo_verl.envs import make  # noqa: E402
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans  # noqa: E402
+from threespo_verl.testing import ScriptedPolicy, household_plans  # noqa: E402
 
 pytestmark = pytest.mark.integration
 EPS = 1e-6

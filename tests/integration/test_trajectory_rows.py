@@ -18,7 +18,7 @@ tq = pytest.importorskip("transfer_queue")
 from tests.integration import verl_harness as H
 from threespo_verl.envs import make
 from threespo_verl.envs.prompts import render_prompt
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans
+from threespo_verl.testing import ScriptedPolicy, household_plans
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 

@@ -59,7 +59,7 @@ def test_play_panel_runs_every_task_once_per_seed_and_skips_done():
 
     from threespo_verl.envs import make
     from threespo_verl.envs.panels import panel
-    from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, scripted_sampler
 
     tasks = list(panel("household", "test").tasks[:5])
     recs = []
@@ -106,7 +106,7 @@ def test_a_dead_engine_stops_the_run_instead_of_scoring_failures():
 
     from threespo_verl.envs import make
     from threespo_verl.envs.panels import panel
-    from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, scripted_sampler
     from threespo_verl.rollout.vllm_sampler import SamplerError
 
     tasks = list(panel("household", "test").tasks[:4])

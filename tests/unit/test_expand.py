@@ -12,7 +12,7 @@ from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import LocalScorer, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.local import apply_expansion, explore_3spo, record_trajectories, run_episodes
 from threespo_verl.rollout.tree import TaskTree
-from threespo_verl.rollout.scripted import ScriptedPolicy, parse_prompt, scripted_sampler
+from threespo_verl.testing import ScriptedPolicy, parse_prompt, scripted_sampler
 from threespo_verl.store.state_store import StateStore, scoped_keys
 
 

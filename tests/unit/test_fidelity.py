@@ -26,7 +26,7 @@ from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import Branch, LocalScorer, Sample, ScoreParams, expand_node, outcome_reward, \
     play_episode
 from threespo_verl.rollout.local import explore_3spo
-from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+from threespo_verl.testing import ScriptedPolicy, scripted_sampler
 from threespo_verl.store.state_store import StateStore, scoped_keys
 
 

@@ -227,7 +227,7 @@ def test_progress_worker_on_the_cpu(tiny):
 def _records(tmp_path: Path, n_tasks: int = 8) -> Path:
     """Household trajectories with mixed outcomes (short oracle plans, a plan-biased scripted policy)."""
     from threespo_verl.envs import make
-    from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
     from threespo_verl.spa.collect import collect
 
     env = make("household")

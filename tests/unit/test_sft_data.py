@@ -105,7 +105,7 @@ def test_step_layout_gives_one_single_turn_example_per_step(tmp_path):
 
 
 def test_recorded_trajectories_of_spa_collect_are_cloned_when_they_reached_min_reward(tmp_path):
-    from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
     from threespo_verl.spa.collect import collect, read_trajectories
 
     tasks = make("household").tasks("easy_train")[:4]

@@ -12,7 +12,7 @@ import torch
 
 from threespo_verl.algos.spa import grounding, progress_loss
 from threespo_verl.envs import make
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
 from threespo_verl.spa.collect import collect, read_trajectories, repair_tail
 from threespo_verl.spa.progress import (
     PE_JSON,
