@@ -14,11 +14,11 @@ without a model. It is a test double for the *model only*, and is named as such 
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from typing import Any
 
+from threespo_verl.io_utils import stable_seed
 from threespo_verl.rollout.expand import Sample
 
 __all__ = ["ScriptedLLMClient", "ScriptedPolicy", "household_plans", "parse_prompt", "scripted_sampler", "seeded_rng"]
@@ -91,8 +91,7 @@ def household_plans(tasks) -> dict[str, list[str]]:
 
 def seeded_rng(*parts: Any) -> random.Random:
     """A ``random.Random`` seeded from the text of ``parts`` (stable across processes and runs)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "little"))
+    return random.Random(stable_seed(*parts))
 
 
 def scripted_sampler(policy: ScriptedPolicy, seed: int):

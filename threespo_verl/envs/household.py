@@ -29,11 +29,11 @@ tasks of their own id namespace whose oracle plan has at most ``EASY_MAX_PLAN`` 
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 from typing import Any
 
 from threespo_verl.envs.base import Observation, ResetReturn, StepReturn, Task, TextEnv, make_info, normalize_command
+from threespo_verl.io_utils import stable_seed
 
 TASK_TYPES = ("pick", "clean", "heat", "cool", "look", "pick2")
 OPENABLE = ("fridge", "microwave", "cabinet", "drawer")
@@ -55,7 +55,7 @@ EASY_MAX_PLAN = 3
 
 
 def _seed(task_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "little")
+    return stable_seed(task_id)
 
 
 def _task_type(task_id: str) -> str:

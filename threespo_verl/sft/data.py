@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from threespo_verl.io_utils import atomic_write
+
 SOURCES = ("expert", "jsonl")
 LAYOUTS = ("trajectory", "step")
 EXAMPLES = "examples.jsonl"
@@ -171,9 +173,8 @@ def _rows(recs: Sequence[dict[str, Any]], layout: str) -> list[dict[str, Any]]:
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        pd.DataFrame(rows).to_parquet(f, index=False)
 
 
 def build_sft_data(env: str, out_dir: str | Path, *, source: str = "expert", trajectories: str | Path | None = None,
@@ -194,12 +195,13 @@ def build_sft_data(env: str, out_dir: str | Path, *, source: str = "expert", tra
         raise ValueError(f"layout={layout!r}; valid: {LAYOUTS}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    from threespo_verl.spa.collect import read_trajectories, repair_tail
+    from threespo_verl.io_utils import repair_jsonl_tail
+    from threespo_verl.spa.collect import read_trajectories
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / EXAMPLES
-    repair_tail(path)
+    repair_jsonl_tail(path)
     done = {(r["task_id"], int(r["rollout"])): r for r in (read_trajectories(path) if path.exists() else [])}
     settings = {"env": env, "source": source, "split": split, "tasks": tasks, "task_offset": task_offset,
                 "max_steps": max_steps, "history_length": history_length, "reasoning": reasoning,

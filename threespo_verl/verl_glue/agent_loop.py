@@ -50,6 +50,7 @@ from threespo_verl.envs import make
 from threespo_verl.envs.base import Task
 from threespo_verl.envs.prompts import render_fitting, render_prompt
 from threespo_verl.envs.restore import EnvCache
+from threespo_verl.io_utils import stable_seed
 from threespo_verl.rollout.expand import ActorScorer, Branch, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.trajectory import TRAJECTORY_ALGOS
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs, env_settings
@@ -443,7 +444,4 @@ def _action_constraint(choices):
 def branch_seed(sample_seed: int, seed_base: str, branch: int) -> int:
     """The vLLM seed of one reply: stable in (``algorithm.threespo.sample_seed``, ``seed_base``, branch). The node
     mode's ``seed_base`` is ``"<tree id>/<node id>"``: a task explored again later (a new tree) draws new seeds."""
-    import hashlib
-
-    text = f"{sample_seed}/{seed_base}/{branch}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return stable_seed(sample_seed, seed_base, branch, sep="/", bits=31)
