@@ -1,4 +1,5 @@
-"""Put an environment into a search-tree node's state (DESIGN §4, §2.5).
+"""``EnvCache``: environments positioned at search-tree nodes (a parked one, a clone, or reset + replay of the
+node's action prefix) for the 3SPO expansion (DESIGN §4, §2.5).
 
 A node is identified by its task and the action prefix that leads to it. ``EnvCache`` hands out environments
 positioned at a node:

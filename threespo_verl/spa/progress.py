@@ -1,5 +1,6 @@
-"""SPA stage 3 (DESIGN §3): the progress estimator, a token-classification head (one label) on the policy's base
-model, read at the last token of every action turn; trained so that the per-step contributions add up to R::
+"""SPA's progress estimator (``ProgressEstimator``) and its training (``train_pe``), stage 3 (DESIGN §3): a
+token-classification head (one label) on the policy's base model, read at the last token of every action turn;
+trained so that the per-step contributions add up to R::
 
     c_t = score(h_{readout(t)})          L = mean_{tau} (R(tau) - sum_t c_t(tau))^2
 
