@@ -19,7 +19,7 @@ from typing import Any
 from threespo_verl.envs.base import INFO_KEYS, Observation, ResetReturn, StepReturn, Task, TextEnv, make_info
 from threespo_verl.envs.check import EnvCheckError, check_env
 
-#: the shipped environments by name (any other TextEnv is named by its import path, see the module docstring)
+#: name -> import path: the shipped environments, plus what register_env adds in this process
 _REGISTRY: dict[str, str] = {
     "household": "threespo_verl.envs.household:HouseholdEnv",
     "alfworld": "threespo_verl.envs.alfworld:AlfWorldEnv",
