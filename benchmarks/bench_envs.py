@@ -59,7 +59,7 @@ def bench_ours(data: Path, tasks) -> tuple[float, float, int, float]:
         rereset_s += time.perf_counter() - t0
         for action in env.walkthrough(task):
             t0 = time.perf_counter()
-            _obs, _r, done, info = env.step(action)
+            _obs, _r, terminated, truncated, info = env.step(action)
             step_s += time.perf_counter() - t0
             steps += 1
         assert info["won"], task.task_id
@@ -136,7 +136,8 @@ def bench_random_policy(name: str, episodes: int, **kwargs) -> float:
         while not done:
             acts = env.admissible_actions
             t0 = time.perf_counter()
-            _o, _r, done, _i = env.step(rng.choice(acts) if acts else None)
+            _o, _r, terminated, truncated, _i = env.step(rng.choice(acts) if acts else None)
+            done = terminated or truncated
             elapsed += time.perf_counter() - t0
             steps += 1
     return steps / elapsed

@@ -4,7 +4,7 @@
     python benchmarks/bench_exploration.py --env alfworld  [--tasks 4] [--max-steps 20]     (valid_seen games)
 
 Both sides get the same env-step budget per task (G x H: GRPO plays G = 8 episodes of at most H steps; 3SPO's tree
-may spend G x H env steps) and the same fixed stochastic scripted policy (``rollout/scripted.py``: a random choice
+may spend G x H env steps) and the same fixed stochastic scripted policy (``threespo_verl/testing.py``: a random choice
 among the admissible actions, biased towards the task's known solution: the household oracle, ALFWorld's stored
 walkthrough), seeded identically. 3SPO runs the same code the trainer runs (``rollout/local.py``: one expansion per
 tree per round, statistics committed after every round); GRPO plays its episodes with the same prompt, parser and
@@ -25,7 +25,7 @@ from threespo_verl.envs import make
 from threespo_verl.envs.panels import panel
 from threespo_verl.rollout.expand import ScoreParams
 from threespo_verl.rollout.local import explore_3spo, run_episodes
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
 from threespo_verl.store.state_store import StateStore
 
 
@@ -44,7 +44,7 @@ def setup(env_name: str, n_tasks: int, max_steps: int, data: Path | None, scratc
             raise SystemExit("ALFWorld data not found: run `threespo-verl setup alfworld` (or pass --data DIR)")
         tasks = list(panel("alfworld", "valid_seen", data_dir=folder).tasks)[:n_tasks]
         env = make("alfworld", data_dir=folder, max_steps=max_steps)
-        plans = {env.reset(t).goal: env.walkthrough(t) for t in tasks}
+        plans = {env.reset(t)[0].goal: env.walkthrough(t) for t in tasks}
         env.close()
         return tasks, (lambda: make("alfworld", data_dir=folder, max_steps=max_steps)), plans, "valid_seen games"
     raise SystemExit(f"--env must be household or alfworld, got {env_name!r}")

@@ -26,12 +26,13 @@ def bench_steps(n_tasks: int = 100, policy: str = "random") -> float:
     steps, elapsed = 0, 0.0
     for t in env.tasks("train")[:n_tasks]:
         plan = env.oracle_actions(t) if policy == "oracle" else None
-        obs = env.reset(t)
+        obs, _info = env.reset(t)
         t0 = time.perf_counter()
         done, i = False, 0
         while not done:
             a = plan[i] if plan is not None and i < len(plan) else rng.choice(obs.admissible_actions)
-            obs, _, done, _ = env.step(a)
+            obs, _, terminated, truncated, _ = env.step(a)
+            done = terminated or truncated
             i += 1
             steps += 1
         elapsed += time.perf_counter() - t0

@@ -29,7 +29,7 @@ def build_loop_factory(model: Path, max_steps: int, group: int, store_name: str)
     from transformers import AutoTokenizer
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 
-    from threespo_verl.rollout.scripted import ScriptedLLMClient, ScriptedPolicy, household_plans
+    from threespo_verl.testing import ScriptedLLMClient, ScriptedPolicy, household_plans
     from threespo_verl.envs import make
     from threespo_verl.verl_glue.agent_loop import StepRolloutAgentLoop
     from threespo_verl.verl_glue.dataset import TaskDataset

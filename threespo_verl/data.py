@@ -1,4 +1,5 @@
-"""Where environment data and models live, and the pieces ``threespo-verl setup`` is built from.
+"""The data home and the installer toolkit: where environment data and models live (``data_dir``), the missing-data
+error, and the sha256-checked download and archive extraction that ``threespo-verl setup`` is built from.
 
 Data never goes into the repository. Everything is installed under one data home::
 

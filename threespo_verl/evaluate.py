@@ -16,7 +16,8 @@ merged into a Hugging Face folder with ``python -m verl.model_merger`` (kept nex
 Output in ``--out`` (default ``runs/eval-<env>-<split>-<time>``): ``episodes.jsonl`` (one line per finished
 episode, appended as they finish: a killed eval resumes where it stopped with the same command), ``results.json``
 and ``results.md``: success (and WebShop's score) overall and per task type, mean +- std over seeds and a 95%
-interval (Student t over seeds when there are several, else a Wilson interval over the panel's tasks).
+interval (Student t over seeds when there are several, else a Wilson interval over the panel's tasks); those
+statistics and their rendering are in ``eval_stats.py``.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ import argparse
 import asyncio
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from threespo_verl.eval_stats import print_table, render_markdown, summarize
+from threespo_verl.io_utils import read_jsonl, repair_jsonl_tail
 
 #: (env, --split) -> panel name in ``envs.panels``
 SPLITS: dict[tuple[str, str], str] = {
@@ -42,71 +44,6 @@ SPLITS: dict[tuple[str, str], str] = {
     ("webshop", "test"): "test",
     ("webshop", "test128"): "test128",
 }
-
-#: ALFWorld's six task types in the order papers report them
-TYPE_ORDER = ("pick", "look", "clean", "heat", "cool", "pick2")
-
-#: two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (beyond: 1.96)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-# ------------------------------------------------------------------------------------------------ statistics (pure)
-def t975(df: int) -> float:
-    return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
-def seed_stats(per_seed: list[float], n_tasks: int) -> dict[str, Any]:
-    """mean, std (ddof 1) and 95% interval of a rate measured once per seed on ``n_tasks`` tasks.
-
-    S >= 2 seeds: mean +- t_{0.975,S-1} * std / sqrt(S). One seed: Wilson interval of the rate over the tasks."""
-    s = len(per_seed)
-    mean = sum(per_seed) / s
-    if s >= 2:
-        std = math.sqrt(sum((x - mean) ** 2 for x in per_seed) / (s - 1))
-        half = t975(s - 1) * std / math.sqrt(s)
-        lo, hi, how = mean - half, mean + half, f"t over {s} seeds"
-    else:
-        std = 0.0
-        lo, hi = wilson(mean * n_tasks, n_tasks)
-        how = f"Wilson over {n_tasks} tasks"
-    return {"mean": mean, "std": std, "ci95": [lo, hi], "ci_method": how, "per_seed": per_seed}
-
-
-def summarize(episodes: list[dict[str, Any]], seeds: list[int], task_types: dict[str, str]) -> dict[str, Any]:
-    """Per seed success (and score) overall and per task type, then mean/std/CI over seeds.
-
-    ``episodes``: one dict per (seed, task) with ``won`` and ``score``; ``task_types``: the panel's task id -> type
-    (every panel task must have exactly one episode per seed, else ValueError)."""
-    by_seed: dict[int, dict[str, dict]] = defaultdict(dict)
-    for e in episodes:
-        if e["task_id"] in by_seed[e["seed"]]:
-            raise ValueError(f"two episodes for task {e['task_id']} seed {e['seed']}")
-        by_seed[e["seed"]][e["task_id"]] = e
-    for s in seeds:
-        missing = set(task_types) - set(by_seed[s])
-        if missing:
-            raise ValueError(f"seed {s}: {len(missing)} panel tasks have no episode (e.g. {sorted(missing)[0]})")
-    types = sorted(set(task_types.values()), key=lambda t: (TYPE_ORDER.index(t) if t in TYPE_ORDER else 99, t))
-    groups = {"all": list(task_types)} | {t: [k for k, v in task_types.items() if v == t] for t in types}
-    out: dict[str, Any] = {}
-    for name, ids in groups.items():
-        succ = [sum(bool(by_seed[s][i]["won"]) for i in ids) / len(ids) for s in seeds]
-        score = [sum(float(by_seed[s][i]["score"]) for i in ids) / len(ids) for s in seeds]
-        out[name] = {"n_tasks": len(ids), "success": seed_stats(succ, len(ids)), "score": seed_stats(score, len(ids))}
-    return out
-
 
 # ------------------------------------------------------------------------------------------------ model / checkpoint
 def resolve_checkpoint(ckpt: Path) -> tuple[Path, int]:
@@ -211,36 +148,6 @@ async def play_panel(tasks, seeds: list[int], env_factory, sampler_for_seed, *, 
     await asyncio.gather(*[worker() for _ in range(max(1, min(concurrency, len(todo))))])
 
 
-# ------------------------------------------------------------------------------------------------ report
-def _pct(st: dict) -> str:
-    lo, hi = st["ci95"]
-    return f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def render_markdown(res: dict[str, Any]) -> str:
-    card, summ = res["protocol"], res["summary"]
-    show_score = card["env"] == "webshop"
-    lines = [f"# Evaluation: {card['env']} {card['panel']} ({card['n_tasks']} tasks x {len(card['seeds'])} seeds)", ""]
-    head = "| task type | tasks | success % (mean ± std [95% CI]) |" + (" score × 100 |" if show_score else "")
-    lines += [head, "|---|---:|---|" + ("---|" if show_score else "")]
-    for name, row in summ.items():
-        cells = f"| {name} | {row['n_tasks']} | {_pct(row['success'])} |"
-        if show_score:
-            cells += f" {_pct(row['score'])} |"
-        lines.append(cells)
-    lines += ["", f"95% interval: {summ['all']['success']['ci_method']}.", "", "## Protocol card", ""]
-    lines += [f"- **{k}**: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in card.items()]
-    return "\n".join(lines) + "\n"
-
-
-def print_table(res: dict[str, Any]) -> None:
-    summ = res["summary"]
-    print(f"{'task type':<10} {'tasks':>5}  success % mean ± std [95% CI]", flush=True)
-    for name, row in summ.items():
-        extra = f"   score {_pct(row['score'])}" if res["protocol"]["env"] == "webshop" else ""
-        print(f"{name:<10} {row['n_tasks']:>5}  {_pct(row['success'])}{extra}", flush=True)
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 def _env_defaults(env_name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
@@ -279,87 +186,87 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    from threespo_verl.envs import available, make
-    from threespo_verl.envs.panels import panel
+class _Refused(Exception):
+    """A usage error ``main`` reports as ``threespo-verl eval: error: ...`` with exit status 2."""
+
+
+def _settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The prompt and episode settings: the options given, else the env config's defaults."""
+    defaults = _env_defaults(a.env)
+    reasoning = defaults.get("reasoning", True) if a.reasoning is None else a.reasoning
+    max_steps = a.max_steps or int(defaults["max_steps"])
+    return {"max_steps": max_steps,
+            "history_length": a.history_length if a.history_length is not None else int(defaults["history_length"]),
+            "reasoning": reasoning,
+            "few_shot": defaults.get("few_shot", False) if a.few_shot is None else a.few_shot,
+            "max_tokens": a.max_tokens or (512 if reasoning else 48),
+            "env_kwargs": {"max_steps": max_steps} | ({"data_dir": a.data_dir} if a.data_dir else {})}
+
+
+def _check_env_and_split(a: argparse.Namespace) -> None:
+    from threespo_verl.envs import available
 
     if a.env not in available():
-        print(f"threespo-verl eval: error: unknown env {a.env!r}; available: {', '.join(available())}",
-              file=sys.stderr)
-        return 2
+        raise _Refused(f"unknown env {a.env!r}; available: {', '.join(available())}")
     if (a.env, a.split) not in SPLITS:
         valid = ", ".join(s for e, s in SPLITS if e == a.env)
-        print(f"threespo-verl eval: error: unknown split {a.split!r} for {a.env}; valid: {valid}", file=sys.stderr)
-        return 2
-    defaults = _env_defaults(a.env)
-    max_steps = a.max_steps or int(defaults["max_steps"])
-    history = a.history_length if a.history_length is not None else int(defaults["history_length"])
-    reasoning = defaults.get("reasoning", True) if a.reasoning is None else a.reasoning
-    few_shot = defaults.get("few_shot", False) if a.few_shot is None else a.few_shot
-    max_tokens = a.max_tokens or (512 if reasoning else 48)
-    env_kwargs = {"max_steps": max_steps} | ({"data_dir": a.data_dir} if a.data_dir else {})
+        raise _Refused(f"unknown split {a.split!r} for {a.env}; valid: {valid}")
+
+
+def _panel(a: argparse.Namespace, env_kwargs: dict[str, Any]):
+    """The panel of ``--env``/``--split`` (raises ``_Refused`` when its data is missing)."""
+    from threespo_verl.envs.panels import panel
 
     try:
-        pan = panel(a.env, SPLITS[(a.env, a.split)], **env_kwargs)
+        return panel(a.env, SPLITS[(a.env, a.split)], **env_kwargs)
     except FileNotFoundError as exc:  # missing data: the message names the setup command
-        print(f"threespo-verl eval: error: {exc}", file=sys.stderr)
-        return 2
-    tasks = list(pan.tasks[: a.limit] if a.limit else pan.tasks)
-    out = a.out or Path("runs") / f"eval-{a.env}-{a.split}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+        raise _Refused(str(exc)) from exc
 
-    ckpt_step, algorithm = None, a.algorithm
-    if a.ckpt is not None:
-        try:
-            ckpt, ckpt_step = resolve_checkpoint(a.ckpt)
-        except FileNotFoundError as exc:
-            print(f"threespo-verl eval: error: {exc}", file=sys.stderr)
-            return 2
-        state = ckpt / "threespo_state.json"
-        if state.exists() and algorithm is None:
-            algorithm = json.loads(state.read_text()).get("algorithm")
-        model = merge_checkpoint(ckpt, out / f"merged_global_step_{ckpt_step}")
-        source = str(ckpt)
-    else:
+
+def _model(a: argparse.Namespace, out: Path) -> tuple[Path, str, int | None, str | None]:
+    """(model folder, source for the card, checkpoint step, algorithm): ``--model`` as given, or ``--ckpt`` merged
+    into ``out`` (raises ``_Refused`` when neither is usable)."""
+    if a.ckpt is None:
         model = a.model.resolve()
         if not (model / "config.json").exists():
-            print(f"threespo-verl eval: error: {model} is not a Hugging Face model folder (no config.json); for a "
-                  f"verl checkpoint use --ckpt", file=sys.stderr)
-            return 2
-        source = str(model)
+            raise _Refused(f"{model} is not a Hugging Face model folder (no config.json); for a verl checkpoint use "
+                           f"--ckpt")
+        return model, str(model), None, a.algorithm
+    try:
+        ckpt, ckpt_step = resolve_checkpoint(a.ckpt)
+    except FileNotFoundError as exc:
+        raise _Refused(str(exc)) from exc
+    algorithm = a.algorithm
+    state = ckpt / "threespo_state.json"
+    if state.exists() and algorithm is None:
+        algorithm = json.loads(state.read_text()).get("algorithm")
+    return merge_checkpoint(ckpt, out / f"merged_global_step_{ckpt_step}"), str(ckpt), ckpt_step, algorithm
 
-    seeds = list(range(a.seeds))
-    card = {
-        "env": a.env, "split": a.split, "panel": pan.name, "panel_sha256": pan.sha256,
-        "panel_tasks": len(pan.tasks), "n_tasks": len(tasks),
-        "limit": (f"first {len(tasks)} of {len(pan.tasks)} panel tasks (--limit)" if a.limit else "none"),
-        "seeds": seeds, "max_steps": max_steps, "history_length": history, "temperature": a.temperature,
-        "max_tokens": max_tokens, "reasoning": reasoning, "few_shot": few_shot,
-        "constrain_actions": a.constrain_actions, "model": source, "model_fingerprint": _dir_fingerprint(model),
-        "checkpoint_step": ckpt_step, "algorithm": algorithm or "unknown", **data_card(a.env, a.data_dir),
-    }
-    ep_path = out / "episodes.jsonl"
-    done_recs = [json.loads(line) for line in ep_path.read_text().splitlines() if line.strip()] \
-        if ep_path.exists() else []
+
+def resume_records(ep_path: Path, tasks, seeds: list[int]) -> list[dict[str, Any]]:
+    """The finished episodes of ``ep_path`` that belong to this run (its tasks and seeds, no error). A last line cut
+    by a kill is skipped with a warning and cut off the file, so the episodes appended next start on a line of their
+    own; episodes that raised are played again (their old lines stay in the file as history)."""
+    recs = read_jsonl(ep_path)
+    repair_jsonl_tail(ep_path)
     task_ids = {t.task_id for t in tasks}
-    # episodes that raised are played again on resume (their old lines stay in the file as history)
-    done_recs = [r for r in done_recs if r["task_id"] in task_ids and r["seed"] in seeds and not r.get("error")]
-    done = {(r["seed"], r["task_id"]) for r in done_recs}
-    total = len(tasks) * len(seeds)
-    print(f"eval: {a.env} {pan.name} ({len(tasks)} tasks{' of ' + str(len(pan.tasks)) if a.limit else ''}, panel "
-          f"{pan.sha256[:12]}) x {len(seeds)} seeds = {total} episodes, {len(done)} already in {ep_path}", flush=True)
+    return [r for r in recs if r["task_id"] in task_ids and r["seed"] in seeds and not r.get("error")]
 
+
+def _play(a, tasks, seeds, model: Path, cfg: dict[str, Any], ep_path: Path, done_recs: list[dict[str, Any]]):
+    """Play every (seed, task) not in ``done_recs``, appending each finished episode to ``ep_path`` and
+    ``done_recs``; returns the sampler (closed; its statistics stay readable) and the seconds since it was built."""
     from tqdm import tqdm
 
-    from threespo_verl.rollout.vllm_sampler import SamplerError, VLLMSampler
+    from threespo_verl.envs import make
+    from threespo_verl.rollout.vllm_sampler import VLLMSampler
 
-    sampler = VLLMSampler(str(model), temperature=a.temperature, max_tokens=max_tokens,
+    done = {(r["seed"], r["task_id"]) for r in done_recs}
+    sampler = VLLMSampler(str(model), temperature=a.temperature, max_tokens=cfg["max_tokens"],
                           constrain_actions=a.constrain_actions, seed=0, max_model_len=a.max_model_len)
-    bar = tqdm(total=total, initial=len(done), desc="eval episodes", unit="ep", dynamic_ncols=True)
+    bar = tqdm(total=len(tasks) * len(seeds), initial=len(done), desc="eval episodes", unit="ep", dynamic_ncols=True)
     wins = [sum(r["won"] for r in done_recs)]
     t0 = time.time()
-
     with open(ep_path, "a", encoding="utf-8") as f:
         def on_episode(rec):
             f.write(json.dumps(rec) + "\n")
@@ -371,20 +278,60 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_postfix(success=f"{wins[0] / len(done_recs):.2f}")
 
         try:
-            asyncio.run(play_panel(tasks, seeds, lambda: make(a.env, **env_kwargs), sampler.with_seed,
-                                   history_length=history, few_shot=few_shot, reasoning=reasoning,
-                                   concurrency=a.concurrency, done=done, on_episode=on_episode))
-        except SamplerError as exc:
-            print(f"threespo-verl eval: error: {exc}. {len(done_recs)} of {total} episodes are kept in {ep_path}; "
-                  f"run the same command again to resume", file=sys.stderr)
-            return 1
+            asyncio.run(play_panel(tasks, seeds, lambda: make(a.env, **cfg["env_kwargs"]), sampler.with_seed,
+                                   history_length=cfg["history_length"], few_shot=cfg["few_shot"],
+                                   reasoning=cfg["reasoning"], concurrency=a.concurrency, done=done,
+                                   on_episode=on_episode))
         finally:
             bar.close()
             sampler.close()
+    return sampler, time.time() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        _check_env_and_split(a)
+        cfg = _settings(a)
+        pan = _panel(a, cfg["env_kwargs"])
+        tasks = list(pan.tasks[: a.limit] if a.limit else pan.tasks)
+        out = a.out or Path("runs") / f"eval-{a.env}-{a.split}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True, exist_ok=True)
+        model, source, ckpt_step, algorithm = _model(a, out)
+    except _Refused as exc:
+        print(f"threespo-verl eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    seeds = list(range(a.seeds))
+    card = {
+        "env": a.env, "split": a.split, "panel": pan.name, "panel_sha256": pan.sha256,
+        "panel_tasks": len(pan.tasks), "n_tasks": len(tasks),
+        "limit": (f"first {len(tasks)} of {len(pan.tasks)} panel tasks (--limit)" if a.limit else "none"),
+        "seeds": seeds, "max_steps": cfg["max_steps"], "history_length": cfg["history_length"],
+        "temperature": a.temperature, "max_tokens": cfg["max_tokens"], "reasoning": cfg["reasoning"],
+        "few_shot": cfg["few_shot"], "constrain_actions": a.constrain_actions, "model": source,
+        "model_fingerprint": _dir_fingerprint(model), "checkpoint_step": ckpt_step,
+        "algorithm": algorithm or "unknown", **data_card(a.env, a.data_dir),
+    }
+    ep_path = out / "episodes.jsonl"
+    done_recs = resume_records(ep_path, tasks, seeds)
+    total = len(tasks) * len(seeds)
+    print(f"eval: {a.env} {pan.name} ({len(tasks)} tasks{' of ' + str(len(pan.tasks)) if a.limit else ''}, panel "
+          f"{pan.sha256[:12]}) x {len(seeds)} seeds = {total} episodes, {len(done_recs)} already in {ep_path}",
+          flush=True)
+
+    from threespo_verl.rollout.vllm_sampler import SamplerError
+
+    try:
+        sampler, wall_s = _play(a, tasks, seeds, model, cfg, ep_path, done_recs)
+    except SamplerError as exc:
+        print(f"threespo-verl eval: error: {exc}. {len(done_recs)} of {total} episodes are kept in {ep_path}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 1
     errors = [r for r in done_recs if r.get("error")]
     summary = summarize(done_recs, seeds, {t.task_id: t.task_type for t in tasks})
     res = {"protocol": card, "summary": summary,
-           "run": {"wall_s": time.time() - t0, "episodes": len(done_recs), "episode_errors": len(errors),
+           "run": {"wall_s": wall_s, "episodes": len(done_recs), "episode_errors": len(errors),
                    "rollout_tokens_per_s": sampler.tokens_per_s(), **sampler.stats}}
     (out / "results.json").write_text(json.dumps(res, indent=2))
     (out / "results.md").write_text(render_markdown(res))

@@ -114,103 +114,107 @@ def _fmt(v, pct=False):
 
 
 def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Write the PNGs of the module docstring into ``out``; returns their paths in the report's order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    figs = _Figures(plt, runs, out)
+    for xkey, name, xlabel in (("step", "success_vs_step.png", "training step"),
+                               ("explore/cumulative_env_steps", "success_vs_env_steps.png", "env steps (cumulative)")):
+        figs.success(xkey, name, xlabel)
+    figs.unique_states()
+    hist_runs = [r for r in runs if any(k.startswith("explore/n_hist/") for row in r["rows"] for k in row)]
+    if hist_runs:
+        figs.n_hist(hist_runs)
+        figs.lines(hist_runs, [(f"explore/reward/{c}_mean", st, c) for c, st in
+                               (("r_novel", "-"), ("r_score_diff", "--"), ("r_success", ":"), ("r_penalty", "-."))],
+                   "mean per update row", "3SPO step-reward components (Eq.2)", "reward_components.png")
+        figs.lines(hist_runs, [("explore/pruned_rate", "-", "pruned nodes"),
+                               ("explore/singleton_group_rate", "--", "singleton groups")],
+                   "share of expanded nodes", "pruning and singleton groups", "pruned_rate.png", ylim=(-0.02, 1.02))
+    spa_runs = [r for r in runs if any("reward/progress_mean" in row for row in r["rows"])]
+    if spa_runs:
+        figs.lines(spa_runs, [("reward/progress_mean", "-", "alpha_p c_t"),
+                              ("reward/grounding_mean", "--", "beta g_t")],
+                   "mean per step row", "SPA step-reward components", "spa_reward_components.png")
+    return figs.written
 
-    def save(fig, name):
-        p = out / name
+
+class _Figures:
+    """The report's plots, one method per kind; each run keeps its colour (``C<index in runs>``) in every plot."""
+
+    def __init__(self, plt, runs: list[dict[str, Any]], out: Path) -> None:
+        self.plt, self.runs, self.out = plt, runs, out
+        self.written: list[Path] = []
+
+    def color(self, run) -> str:
+        return f"C{self.runs.index(run)}"
+
+    def save(self, fig, ax, *, xlabel: str, ylabel: str, title: str, legend_size: int = 8, ylim=None,
+             grid_axis: str = "both", name: str) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3, axis=grid_axis)
+        ax.legend(fontsize=legend_size)
+        ax.set_title(title)
+        p = self.out / name
         fig.tight_layout()
         fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        self.plt.close(fig)
+        self.written.append(p)
 
-    def lines(which, series, ylabel, title, name, ylim=None):
+    def lines(self, which, series, ylabel, title, name, ylim=None) -> None:
         """One line per (run, metric key) against the training step."""
-        fig, ax = plt.subplots(figsize=(6.4, 4))
+        fig, ax = self.plt.subplots(figsize=(6.4, 4))
         for run in which:
             for key, style, label in series:
                 xs, ys = _series(run["rows"], key)
                 if xs:
-                    ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{runs.index(run)}",
-                            label=f"{run['name']} {label}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
-        if ylim:
-            ax.set_ylim(*ylim)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title(title)
-        save(fig, name)
+                    ax.plot(xs, ys, style, marker="o", ms=3, color=self.color(run), label=f"{run['name']} {label}")
+        self.save(fig, ax, xlabel="training step", ylabel=ylabel, title=title, legend_size=7, ylim=ylim, name=name)
 
-    for xkey, name, xlabel in (("step", "success_vs_step.png", "training step"),
-                               ("explore/cumulative_env_steps", "success_vs_env_steps.png", "env steps (cumulative)")):
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for i, run in enumerate(runs):
-            color = f"C{i}"
+    def success(self, xkey: str, name: str, xlabel: str) -> None:
+        """Training success (line) and fixed-panel validation success (markers) against ``xkey``."""
+        fig, ax = self.plt.subplots(figsize=(6.4, 4))
+        for run in self.runs:
             sk = _success_key(run["rows"])
             if sk:
                 xs, ys = _series(run["rows"], sk, xkey)
-                ax.plot(xs, ys, "-", color=color, label=f"{run['name']} train")
+                ax.plot(xs, ys, "-", color=self.color(run), label=f"{run['name']} train")
             vk = _val_keys(run["rows"]).get("overall")
             if vk:
                 xs, ys = _series(run["rows"], vk, xkey)
-                ax.plot(xs, ys, "s--", color=color, label=f"{run['name']} validation (fixed panel)")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("success rate")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("success")
-        save(fig, name)
+                ax.plot(xs, ys, "s--", color=self.color(run), label=f"{run['name']} validation (fixed panel)")
+        self.save(fig, ax, xlabel=xlabel, ylabel="success rate", title="success", ylim=(-0.02, 1.02), name=name)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for i, run in enumerate(runs):
-        xs, ys = _series(run["rows"], "explore/cumulative_unique_states", "explore/cumulative_env_steps")
-        ax.plot(xs, ys, "o-", color=f"C{i}", label=run["name"], markersize=3)
-    ax.set_xlabel("env steps (cumulative)")
-    ax.set_ylabel("distinct states visited (cumulative)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("state exploration")
-    save(fig, "unique_states.png")
+    def unique_states(self) -> None:
+        fig, ax = self.plt.subplots(figsize=(6.4, 4))
+        for run in self.runs:
+            xs, ys = _series(run["rows"], "explore/cumulative_unique_states", "explore/cumulative_env_steps")
+            ax.plot(xs, ys, "o-", color=self.color(run), label=run["name"], markersize=3)
+        self.save(fig, ax, xlabel="env steps (cumulative)", ylabel="distinct states visited (cumulative)",
+                  title="state exploration", name="unique_states.png")
 
-    hist_runs = [r for r in runs if any(k.startswith("explore/n_hist/") for row in r["rows"] for k in row)]
-    if hist_runs:
-        fig, ax = plt.subplots(figsize=(6.4, 4))
+    def n_hist(self, hist_runs) -> None:
+        """3SPO's n(s) histogram: side-by-side bars per run."""
+        fig, ax = self.plt.subplots(figsize=(6.4, 4))
         width = 0.8 / len(hist_runs)
         for i, run in enumerate(hist_runs):
-            counts = defaultdict(float)
+            counts: dict[int, float] = defaultdict(float)
             for r in run["rows"]:
                 for k, v in r.items():
                     if k.startswith("explore/n_hist/"):
                         counts[int(k.rsplit("/", 1)[1])] += v
             ns = sorted(counts)
             ax.bar([n + (i - (len(hist_runs) - 1) / 2) * width for n in ns], [counts[n] for n in ns], width,
-                   label=run["name"], color=f"C{runs.index(run)}")
-        ax.set_xlabel("n(s) = branches sampled at an expanded node (0 = pruned)")
-        ax.set_ylabel("nodes")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-        ax.set_title("adaptive branching")
-        save(fig, "n_hist.png")
-
-        lines(hist_runs, [(f"explore/reward/{c}_mean", st, c) for c, st in
-                          (("r_novel", "-"), ("r_score_diff", "--"), ("r_success", ":"), ("r_penalty", "-."))],
-              "mean per update row", "3SPO step-reward components (Eq.2)", "reward_components.png")
-        lines(hist_runs, [("explore/pruned_rate", "-", "pruned nodes"),
-                          ("explore/singleton_group_rate", "--", "singleton groups")],
-              "share of expanded nodes", "pruning and singleton groups", "pruned_rate.png", ylim=(-0.02, 1.02))
-
-    spa_runs = [r for r in runs if any("reward/progress_mean" in row for row in r["rows"])]
-    if spa_runs:
-        lines(spa_runs, [("reward/progress_mean", "-", "alpha_p c_t"), ("reward/grounding_mean", "--", "beta g_t")],
-              "mean per step row", "SPA step-reward components", "spa_reward_components.png")
-    return written
+                   label=run["name"], color=self.color(run))
+        self.save(fig, ax, xlabel="n(s) = branches sampled at an expanded node (0 = pruned)", ylabel="nodes",
+                  title="adaptive branching", grid_axis="y", name="n_hist.png")
 
 
 def write_report(run_dirs: list[Path], out: Path, names: list[str] | None = None, title: str = "Runs",

@@ -53,7 +53,7 @@ def expert_demonstrations(n: int, noise: float, seed: int, max_steps: int = 5, h
     tasks = env.tasks(split)
     out: list[tuple[list[dict], str]] = []
     while len(out) < n:
-        obs = env.reset(tasks[rng.randrange(len(tasks))])
+        obs, _info = env.reset(tasks[rng.randrange(len(tasks))])
         history: list[tuple[str, str]] = []
         done = False
         while not done and len(out) < n:
@@ -61,7 +61,8 @@ def expert_demonstrations(n: int, noise: float, seed: int, max_steps: int = 5, h
             out.append((render_prompt("household", obs, history, history_length=history_length, reasoning=False),
                         f"<action>{action}</action>"))
             history.append((obs.text, action))
-            obs, _r, done, _info = env.step(action)
+            obs, _r, terminated, truncated, _info = env.step(action)
+            done = terminated or truncated
     return out
 
 

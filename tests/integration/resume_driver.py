@@ -48,7 +48,7 @@ def main() -> None:
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, namespace=f"resume-{uuid.uuid4().hex}",
              runtime_env={"env_vars": {"PYTHONHASHSEED": "0", "TOKENIZERS_PARALLELISM": "false"}})
     from threespo_verl.envs import make
-    from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans
+    from threespo_verl.testing import ScriptedPolicy, household_plans
 
     # short episodes and budgets, few tasks: trees finish, tasks recur, and the statistics move n(s) off 8
     overrides = ["trainer.save_freq=1", "trainer.resume_mode=auto", "algorithm.threespo.store_name=resume-store",

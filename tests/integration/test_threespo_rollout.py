@@ -16,7 +16,7 @@ tq = pytest.importorskip("transfer_queue")
 
 from tests.integration import verl_harness as H  # noqa: E402
 from threespo_verl.envs import make  # noqa: E402
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans  # noqa: E402
+from threespo_verl.testing import ScriptedPolicy, household_plans  # noqa: E402
 
 pytestmark = pytest.mark.integration
 EPS = 1e-6
@@ -140,7 +140,7 @@ def test_pruned_node_emits_nothing_and_statistics_wait_for_the_commit(cluster):
     r = rig(cluster, ["data.train_batch_size=1"], policy=NOISY)
     tr = r.trainer
     task = make("household").tasks("train")[7]
-    root = make("household").reset(task).state_key
+    root = make("household").reset(task)[0].state_key
     # 10 failures through the root (statistics per task: the store key is (task, state)), recorded but not
     # committed: S(root) is still 1 for this round
     root = scoped_keys(task.task_id, [root])[0]

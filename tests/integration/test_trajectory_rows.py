@@ -18,7 +18,7 @@ tq = pytest.importorskip("transfer_queue")
 from tests.integration import verl_harness as H
 from threespo_verl.envs import make
 from threespo_verl.envs.prompts import render_prompt
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans
+from threespo_verl.testing import ScriptedPolicy, household_plans
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -111,12 +111,12 @@ def _replay(tokenizer, e, resp, mask):
 
     task = next(t for t in make("household").tasks("train")[:64] if t.task_id == e["task_id"])
     env = make("household", max_steps=3)
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     out = []
     runs = np.flatnonzero(np.diff(np.r_[0, mask, 0]) != 0).reshape(-1, 2)
     for a, b in runs:
         reply = tokenizer.decode(resp[a:b], skip_special_tokens=True)
-        nobs, _r, _done, info = env.step(parse_action(reply).action)
+        nobs, _r, _terminated, _truncated, info = env.step(parse_action(reply).action)
         out.append((bool(info["valid"]), nobs.state_key != obs.state_key, bool(info["won"])))
         obs = nobs
     return out
@@ -161,7 +161,7 @@ def test_ppo_rows_put_the_outcome_and_penalties_at_each_turns_closing_token(clus
     batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=1)
     assert len(batch) == 2  # rollout.n = 2 episodes of one task, one row each
     task = make("household").tasks("train")[0]
-    obs = make("household", max_steps=3).reset(task)
+    obs, _info = make("household", max_steps=3).reset(task)
     first_prompt = tr.tokenizer.apply_chat_template(render_prompt("household", obs, [], history_length=1,
                                                                   reasoning=False), add_generation_prompt=True,
                                                     tokenize=False)

@@ -49,7 +49,7 @@ def build(model_path: Path, workdir: Path, overrides: list[str], policy=None, se
     from transformers import AutoTokenizer
     from verl.trainer.ppo.v1 import AgentLoopManagerTQ
 
-    from threespo_verl.rollout.scripted import ScriptedLLMClient
+    from threespo_verl.testing import ScriptedLLMClient
     from threespo_verl.verl_glue.trainer import ThreeSPOTrainer
 
     cfg = compose_config(model_path, workdir, overrides, config_name)

@@ -18,12 +18,12 @@ def env(alfworld_data):
 
 
 def _win(env, task):
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     info = {}
     for action in env.walkthrough(task):
         assert env.is_valid(action), (task.task_id, action, obs.admissible_actions[:20])
-        obs, reward, done, info = env.step(action)
-    return info.get("won", False) and reward == 1.0 and done
+        obs, reward, terminated, truncated, info = env.step(action)
+    return info.get("won", False) and reward == 1.0 and terminated and not truncated
 
 
 def test_splits_and_task_types(env):
@@ -55,7 +55,7 @@ def test_walkthrough_wins_all_274_eval_games(env):
 
 
 def test_first_observation_and_goal(env):
-    obs = env.reset(env.tasks("valid_seen")[0])
+    obs, _info = env.reset(env.tasks("valid_seen")[0])
     assert obs.text.startswith("You are in the middle of a room.") and "Welcome" not in obs.text
     assert obs.goal and f"Your task is to: {obs.goal}" in obs.text
     assert all(a == a.lower() for a in obs.admissible_actions) and "look" in obs.admissible_actions
@@ -63,17 +63,17 @@ def test_first_observation_and_goal(env):
 
 def test_state_keys(env):
     task = env.tasks("valid_seen")[3]
-    obs0 = env.reset(task)
+    obs0, _info = env.reset(task)
     go = [a for a in obs0.admissible_actions if a.startswith("go to ")]
     k1 = env.step(go[0])[0].state_key
     assert k1 != obs0.state_key
     env.step(go[1])
-    obs, _, _, info = env.step(go[0])
+    obs, _, _, _, info = env.step(go[0])
     assert obs.state_key == k1  # back in the same situation: same key, whatever the step count
     for cmd in ("look", "inventory"):
-        obs, _, _, info = env.step(cmd)
+        obs, _, _, _, info = env.step(cmd)
         assert info["valid"] and obs.state_key == k1 and not info["state_changed"]
-    obs, _, _, info = env.step("teleport to the moon")
+    obs, _, _, _, info = env.step("teleport to the moon")
     assert obs.text == "Nothing happens." and not info["valid"] and obs.state_key == k1
 
 

@@ -43,7 +43,7 @@ def tasks_and_plans():
         for _ in range(6):
             a = rng.choice(env.admissible_actions)
             plan.append(a)
-            if env.step(a)[2]:
+            if any(env.step(a)[2:4]):
                 break
         plans.append(plan)
     return tasks, plans
@@ -59,7 +59,7 @@ def _run(pool, tasks, plans, before_step=None):
         owners = [i for i, p in enumerate(plans) if k < len(p)]
         for i, res in zip(owners, pool.step_many(reqs)):
             assert res.error is None, res.error
-            got[i].append((res.observation, res.reward, res.done, res.info))
+            got[i].append((res.observation, res.reward, res.terminated, res.truncated, res.info))
     return got
 
 
@@ -117,5 +117,5 @@ def test_alfworld_through_the_pool_matches_in_process(alfworld_data):
     with EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1) as pool:
         h, _obs = pool.reset(task)
         got = [pool.step_many([(h, a)])[0] for a in plan]
-    assert [(r.observation, r.reward, r.done, r.info) for r in got] == expected
+    assert [(r.observation, r.reward, r.terminated, r.truncated, r.info) for r in got] == expected
     assert got[-1].info["won"]

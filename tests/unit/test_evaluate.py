@@ -6,26 +6,27 @@ import math
 
 import pytest
 
+from threespo_verl import eval_stats as es
 from threespo_verl import evaluate as ev
 
 
 def test_wilson_interval_hand_computed():
     # k=3, n=4, z=1.96: p=0.75, den=1+3.8416/4=1.9604, mid=(0.75+0.4802)/1.9604=0.62753,
     # half=1.96*sqrt(0.046875+0.060025)/1.9604=0.32682 -> [0.3007, 0.9544]
-    lo, hi = ev.wilson(3, 4)
+    lo, hi = es.wilson(3, 4)
     assert lo == pytest.approx(0.30071, abs=1e-4)
     assert hi == pytest.approx(0.95435, abs=1e-4)
-    assert ev.wilson(0, 0) == (0.0, 1.0)
+    assert es.wilson(0, 0) == (0.0, 1.0)
 
 
 def test_seed_stats_t_interval_hand_computed():
-    st = ev.seed_stats([0.5, 0.75, 1.0], n_tasks=4)
+    st = es.seed_stats([0.5, 0.75, 1.0], n_tasks=4)
     # mean 0.75, std 0.25, half = 4.303 * 0.25 / sqrt(3) = 0.62108
     assert st["mean"] == pytest.approx(0.75)
     assert st["std"] == pytest.approx(0.25)
     assert st["ci95"] == pytest.approx([0.75 - 0.621085, 0.75 + 0.621085], abs=1e-5)
-    one = ev.seed_stats([0.75], n_tasks=4)
-    assert one["std"] == 0.0 and one["ci95"] == pytest.approx(list(ev.wilson(3, 4)))
+    one = es.seed_stats([0.75], n_tasks=4)
+    assert one["std"] == 0.0 and one["ci95"] == pytest.approx(list(es.wilson(3, 4)))
     assert "Wilson" in one["ci_method"]
 
 
@@ -33,16 +34,16 @@ def test_summarize_per_type_and_every_task_once():
     types = {"a": "pick", "b": "pick", "c": "heat"}
     eps = [{"seed": s, "task_id": t, "won": w, "score": float(w)} for s, t, w in [
         (0, "a", True), (0, "b", False), (0, "c", True), (1, "a", True), (1, "b", True), (1, "c", False)]]
-    out = ev.summarize(eps, [0, 1], types)
+    out = es.summarize(eps, [0, 1], types)
     assert list(out) == ["all", "pick", "heat"]
     assert out["all"]["success"]["per_seed"] == pytest.approx([2 / 3, 2 / 3])
     assert out["pick"]["success"]["per_seed"] == [0.5, 1.0]
     assert out["heat"]["success"]["per_seed"] == [1.0, 0.0]
     assert out["heat"]["success"]["std"] == pytest.approx(math.sqrt(0.5))
     with pytest.raises(ValueError, match="no episode"):
-        ev.summarize(eps[:-1], [0, 1], types)
+        es.summarize(eps[:-1], [0, 1], types)
     with pytest.raises(ValueError, match="two episodes"):
-        ev.summarize(eps + [eps[0]], [0, 1], types)
+        es.summarize(eps + [eps[0]], [0, 1], types)
 
 
 def test_failed_episode_is_recorded_not_dropped():
@@ -59,7 +60,7 @@ def test_play_panel_runs_every_task_once_per_seed_and_skips_done():
 
     from threespo_verl.envs import make
     from threespo_verl.envs.panels import panel
-    from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, scripted_sampler
 
     tasks = list(panel("household", "test").tasks[:5])
     recs = []
@@ -93,10 +94,10 @@ def test_cli_errors_name_the_fix(args, msg, capsys):
 
 def test_markdown_has_table_and_card():
     res = {"protocol": {"env": "webshop", "panel": "test", "n_tasks": 2, "seeds": [0], "panel_sha256": "ab"},
-           "summary": ev.summarize([{"seed": 0, "task_id": "a", "won": True, "score": 1.0},
+           "summary": es.summarize([{"seed": 0, "task_id": "a", "won": True, "score": 1.0},
                                     {"seed": 0, "task_id": "b", "won": False, "score": 0.5}], [0],
                                    {"a": "fashion", "b": "fashion"})}
-    md = ev.render_markdown(res)
+    md = es.render_markdown(res)
     assert "| all | 2 | 50.0 ± 0.0" in md and "score × 100" in md and "panel_sha256" in md
     json.dumps(res)
 
@@ -106,7 +107,7 @@ def test_a_dead_engine_stops_the_run_instead_of_scoring_failures():
 
     from threespo_verl.envs import make
     from threespo_verl.envs.panels import panel
-    from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, scripted_sampler
     from threespo_verl.rollout.vllm_sampler import SamplerError
 
     tasks = list(panel("household", "test").tasks[:4])

@@ -12,7 +12,7 @@ from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import LocalScorer, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.local import apply_expansion, explore_3spo, record_trajectories, run_episodes
 from threespo_verl.rollout.tree import TaskTree
-from threespo_verl.rollout.scripted import ScriptedPolicy, parse_prompt, scripted_sampler
+from threespo_verl.testing import ScriptedPolicy, parse_prompt, scripted_sampler
 from threespo_verl.store.state_store import StateStore, scoped_keys
 
 
@@ -38,12 +38,12 @@ def run(coro):
 
 
 def root_key(task):
-    return make("household").reset(task).state_key
+    return make("household").reset(task)[0].state_key
 
 
 def test_branching_merging_and_hand_computed_rewards(task):
     env = make("household")
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     go = next(a for a in obs.admissible_actions if a.startswith("go to"))
     # root seen in 4 trajectories, 1 successful, t = 5 after the commit
     store = StateStore()
@@ -88,7 +88,7 @@ def test_budget_caps_branches_and_prompt_shows_the_node(task):
                           ScoreParams(), max_branches=3))
     assert exp.n_score == 8 and exp.n_branches == 3 and sample.asked[0][1] == 3
     goal, actions = parse_prompt(sample.asked[0][0][0]["content"])
-    assert goal == make("household").reset(task).goal and "look" in actions
+    assert goal == make("household").reset(task)[0].goal and "look" in actions
 
 
 def test_pruned_node_samples_nothing_and_records_its_path(task):

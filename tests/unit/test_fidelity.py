@@ -26,7 +26,7 @@ from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import Branch, LocalScorer, Sample, ScoreParams, expand_node, outcome_reward, \
     play_episode
 from threespo_verl.rollout.local import explore_3spo
-from threespo_verl.rollout.scripted import ScriptedPolicy, scripted_sampler
+from threespo_verl.testing import ScriptedPolicy, scripted_sampler
 from threespo_verl.store.state_store import StateStore, scoped_keys
 
 
@@ -118,7 +118,7 @@ def test_item2_truncation_still_prunes():
 def test_item3_one_row_per_sampled_reply():
     env = make("household")
     task = env.tasks("train")[3]
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     go = next(a for a in obs.admissible_actions if a.startswith("go to"))
     replies = [f"<action>{go}</action>"] * 6 + ["<action>look</action>"] * 2
     exp = run(expand_node(task, (), [], EnvCache(lambda: make("household")), fixed_sampler(replies),
@@ -220,7 +220,7 @@ def test_item8_sample_seeds_differ_between_trees_of_a_task():
 def test_item8_long_prompts_keep_their_head_and_drop_old_turns():
     env = make("household")
     task = env.tasks("train")[0]
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     history = [(f"observation {i} " + "x" * 200, f"action {i}") for i in range(6)]
     full = render_prompt("household", obs, history, history_length=4)[0]["content"]
     budget = len(full) - 150  # room for three of the four turns

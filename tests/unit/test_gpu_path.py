@@ -227,7 +227,7 @@ def test_progress_worker_on_the_cpu(tiny):
 def _records(tmp_path: Path, n_tasks: int = 8) -> Path:
     """Household trajectories with mixed outcomes (short oracle plans, a plan-biased scripted policy)."""
     from threespo_verl.envs import make
-    from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
     from threespo_verl.spa.collect import collect
 
     env = make("household")
@@ -253,7 +253,7 @@ def test_backend_choice(monkeypatch):
 
 
 def test_training_arguments_reach_the_trainer(tmp_path):
-    from threespo_verl.spa.progress import training_arguments
+    from threespo_verl.spa.pe_trainer import training_arguments
 
     kw = {"epochs": 2, "lr": 2e-5, "batch_size": 16, "micro": 4, "seed": 3, "weight_decay": 0.01, "grad_clip": 1.0,
           "device": "cpu", "progress": False, "optim": None, "fsdp": None}
@@ -276,7 +276,8 @@ def test_training_arguments_reach_the_trainer(tmp_path):
 
 def test_trainer_loss_reads_the_loops_readouts(tiny, tmp_path):
     """The Trainer's batches give every trajectory the same sum_t c_t as the loop's forward pass."""
-    from threespo_verl.spa.progress import ProgressEstimator, _collator, _readout_sums, load_records
+    from threespo_verl.spa.pe_trainer import _collator, _readout_sums
+    from threespo_verl.spa.progress import ProgressEstimator, load_records
 
     records = load_records(_records(tmp_path, 4))
     pe = ProgressEstimator.from_pretrained(tiny, max_length=256, device="cpu")  # windows: some truncated

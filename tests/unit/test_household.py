@@ -19,9 +19,9 @@ def env() -> HouseholdEnv:
 def _play(env, task, actions):
     out = [env.reset(task)]
     for a in actions:
-        obs, r, done, info = env.step(a)
-        out.append((obs, r, done, info))
-        if done:
+        obs, r, terminated, truncated, info = env.step(a)
+        out.append((obs, r, terminated, truncated, info))
+        if terminated or truncated:
             break
     return out
 
@@ -41,33 +41,33 @@ def test_oracle_wins_every_test_task_and_a_train_sample(env):
     for task in tasks:
         plan = env.oracle_actions(task)
         trace = _play(env, task, plan)
-        obs, reward, done, info = trace[-1]
-        assert all(step[3]["valid"] for step in trace[1:]), task.task_id
-        assert info["won"] and reward == 1.0 and done and not info["timeout"], task.task_id
+        obs, reward, terminated, truncated, info = trace[-1]
+        assert all(step[4]["valid"] for step in trace[1:]), task.task_id
+        assert info["won"] and reward == 1.0 and terminated and not truncated and not info["timeout"], task.task_id
         assert len(trace) - 1 == len(plan)
 
 
 def test_reset_is_deterministic_and_independent_of_history(env):
     task = env.tasks("train")[123]
-    first = env.reset(task)
+    first, _info = env.reset(task)
     rng = random.Random(0)
     for _ in range(10):
         env.step(rng.choice(env.admissible_actions))
     env.reset(env.tasks("train")[5])
-    again = env.reset(task)
+    again, _info = env.reset(task)
     assert first == again
-    assert make("household").reset(task) == first  # a fresh instance too
+    assert make("household").reset(task) == (first, {})  # a fresh instance too
 
 
 def test_alfworld_like_text_and_goal():
     env = make("household")
     task = next(t for t in env.tasks("test") if t.task_type == "heat")
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     assert obs.text.startswith("You are in the middle of a room. Looking quickly around you, you see a ")
     assert "Your task is to: put a hot " in obs.text and obs.goal.startswith("put a hot ")
-    obs, _, _, info = env.step("go to microwave 1")
+    obs, _, _, _, info = env.step("go to microwave 1")
     assert obs.text.startswith("You arrive at microwave 1.") and info["valid"] and info["state_changed"]
-    obs, _, _, info = env.step("dance")
+    obs, _, _, _, info = env.step("dance")
     assert obs.text == "Nothing happens." and not info["valid"] and not info["state_changed"]
 
 
@@ -104,5 +104,5 @@ def test_returning_to_a_situation_gives_its_key_and_lookups_keep_it(env):
     env.step(receps[1])
     assert env.step(receps[0])[0].state_key == k1  # same situation, 3 steps later
     for cmd in ("look", "inventory"):
-        obs, _, _, info = env.step(cmd)
+        obs, _, _, _, info = env.step(cmd)
         assert info["valid"] and not info["state_changed"] and obs.state_key == k1

@@ -128,7 +128,9 @@ def test_trained_tiny_models_are_recognised_by_their_marker(tmp_path, monkeypatc
     marker, so a second install keeps it instead of rebuilding it (the training step is skipped here: the test is
     about the marker, not the training)."""
     calls = []
-    monkeypatch.setattr(M, "teach_action_format", lambda out: calls.append(out) or {"sft_loss": 0.0})
+    from threespo_verl import tiny_models
+
+    monkeypatch.setattr(tiny_models, "teach_action_format", lambda out: calls.append(out) or {"sft_loss": 0.0})
     dest = tmp_path / "actions"
     M.install(name="tiny-qwen2-actions", dest=dest)
     mtime = (dest / "model.safetensors").stat().st_mtime_ns

@@ -42,13 +42,13 @@ def test_one_example_per_household_oracle_trajectory_with_the_rl_prompts(tmp_pat
         plan = env.oracle_actions(task)
         assert [m["role"] for m in msgs] == ["user", "assistant"] * len(plan)
         # the prompts are RL's: replay the plan and render each state as the agent loop does
-        obs, history = env.reset(task), []
+        (obs, _info), history = env.reset(task), []
         for t, action in enumerate(plan):
             assert [msgs[2 * t]] == render_prompt("household", obs, history, history_length=1, reasoning=False)
             assert msgs[2 * t + 1]["content"] == f"<action>{action}</action>"
             history.append((obs.text, action))
-            obs, _r, done, info = env.step(action)
-        assert done and info["won"]
+            obs, _r, terminated, truncated, info = env.step(action)
+        assert terminated and not truncated and info["won"]
 
 
 def test_loss_mask_covers_the_assistant_turns_only(tmp_path, tok):
@@ -105,7 +105,7 @@ def test_step_layout_gives_one_single_turn_example_per_step(tmp_path):
 
 
 def test_recorded_trajectories_of_spa_collect_are_cloned_when_they_reached_min_reward(tmp_path):
-    from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+    from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
     from threespo_verl.spa.collect import collect, read_trajectories
 
     tasks = make("household").tasks("easy_train")[:4]

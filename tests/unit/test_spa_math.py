@@ -113,18 +113,18 @@ def test_grounding_agrees_with_household_validity():
 
     env = make("household", max_steps=20)
     task = env.tasks("train")[3]
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     seen = set()
     for action in ["look", "open drawer 42", *env.oracle_actions(task)[:4], None]:
         adm = obs.admissible_actions
         if not adm:
             break
-        nobs, _, done, info = env.step(action)
+        nobs, _, terminated, truncated, info = env.step(action)
         g = grounding("household", action, nobs.text, adm, info["valid"])
         assert g == float(info["valid"])
         seen.add(g)
         obs = nobs
-        if done:
+        if terminated or truncated:
             break
     assert seen == {0.0, 1.0}
 

@@ -12,8 +12,8 @@ import torch
 
 from threespo_verl.algos.spa import grounding, progress_loss
 from threespo_verl.envs import make
-from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
-from threespo_verl.spa.collect import collect, read_trajectories, repair_tail
+from threespo_verl.io_utils import repair_jsonl_tail as repair_tail
+from threespo_verl.spa.collect import collect, read_trajectories
 from threespo_verl.spa.progress import (
     PE_JSON,
     ProgressEstimator,
@@ -25,6 +25,7 @@ from threespo_verl.spa.progress import (
     split_heldout,
     train_pe,
 )
+from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
 
 torch.set_num_threads(1)
 

@@ -31,16 +31,17 @@ def test_plan_recovers_from_detours(split):
     env = make("household", max_steps=60)
     rng = random.Random(0)
     for task in env.tasks(split)[:150]:
-        obs, done = env.reset(task), False
+        (obs, _info), done = env.reset(task), False
         for _ in range(rng.randrange(0, 6)):
-            obs, _r, done, info = env.step(rng.choice(obs.admissible_actions))
+            obs, _r, terminated, truncated, info = env.step(rng.choice(obs.admissible_actions))
+            done = terminated or truncated
             if done:
                 break
         if done:
             continue
         for action in env.plan():
             assert action in obs.admissible_actions, (task.task_id, action)
-            obs, _r, done, info = env.step(action)
+            obs, _r, terminated, truncated, info = env.step(action)
         assert info["won"], task.task_id
     with pytest.raises(RuntimeError, match="reset"):
         make("household").plan()

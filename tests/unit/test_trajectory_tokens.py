@@ -75,7 +75,7 @@ def test_household_oracle_row_rewards_sit_at_each_action_turns_closing_token(tok
         assert tok.decode(row.response_ids[a:b], skip_special_tokens=True) == reply
 
     # the tokens are the chat template's rendering of the conversation: user turn t = render_prompt of step t
-    obs = make("household", max_steps=5).reset(task)
+    obs, _info = make("household", max_steps=5).reset(task)
     assert users[0] == render_prompt("household", obs, [], history_length=1, reasoning=False)
     conv = []
     for u, reply in zip(users, replies):

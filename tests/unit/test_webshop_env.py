@@ -58,13 +58,13 @@ def test_seed_233_split_is_fixed(env, webshop_data):
 
 def test_search_results_item_and_back(env):
     task = env.tasks("test")[0]
-    start = env.reset(task)
+    start, _info = env.reset(task)
     assert start.text == "Search" and start.admissible_actions == ("search[<your query>]",)
     assert start.goal.startswith("Find me double sided")
     assert env.is_valid("search[anything at all]") and env.is_valid("SEARCH[pillow]")
     assert not env.is_valid("search[   ]") and not env.is_valid("click[back to search]")
-    obs, r, done, info = env.step("search[decorative pillow cover]")
-    assert info["valid"] and info["state_changed"] and r == 0.0 and not done
+    obs, r, terminated, truncated, info = env.step("search[decorative pillow cover]")
+    assert info["valid"] and info["state_changed"] and r == 0.0 and not (terminated or truncated)
     assert obs.text.startswith("Back to Search [SEP] Page 1 (Total results: 50) [SEP] Next >")
     products = [a for a in obs.admissible_actions if a not in ("click[back to search]", "click[next >]")]
     assert len(products) == 10 and "click[< prev]" not in obs.admissible_actions
@@ -87,7 +87,7 @@ def test_search_results_item_and_back(env):
     assert options, "this product has options"
     chosen = env.step(options[0])[0]
     assert chosen.state_key != item.state_key and "Selected options:" in chosen.text
-    assert not env.step(options[0])[3]["state_changed"]  # re-selecting keeps the key
+    assert not env.step(options[0])[4]["state_changed"]  # re-selecting keeps the key
     feats = env.step("click[features]")[0]
     assert feats.admissible_actions == ("click[back to search]", "click[< prev]")
     assert env.step("click[< prev]")[0].state_key == chosen.state_key  # options kept
@@ -101,7 +101,7 @@ def test_invalid_actions_change_nothing(env):
     before = env.observation
     for bad in (None, "", "click[b000000000]", "click[buy now]", "search[shorts]", "click", "buy now", "click[]"):
         assert not env.is_valid(bad)
-        obs, r, done, info = env.step(bad)
+        obs, r, terminated, truncated, info = env.step(bad)
         assert not info["valid"] and not info["state_changed"] and r == 0.0
         assert obs.state_key == before.state_key and obs.admissible_actions == before.admissible_actions
         assert obs.text == "Invalid action!\n" + before.text
@@ -114,8 +114,9 @@ def test_buying_ends_the_episode_with_the_score(env):
     env.step(f"search[{goal.instruction_text}]")
     other = next(a for a in env.admissible_actions[2:] if goal.asin.lower() not in a)  # after back/next
     env.step(other)
-    obs, r, done, info = env.step("click[buy now]")
-    assert done and 0.0 <= r < 1.0 and not info["won"] and info["score"] == r and not info["timeout"]
+    obs, r, terminated, truncated, info = env.step("click[buy now]")
+    assert terminated and not truncated and not info["timeout"]
+    assert 0.0 <= r < 1.0 and not info["won"] and info["score"] == r
     assert obs.admissible_actions == () and "Your score (min 0.0, max 1.0)" in obs.text
     assert set(info["reward_parts"]) >= {"r_type", "num_attr_matches", "num_option_matches", "r_price"}
     with pytest.raises(RuntimeError):
@@ -124,9 +125,9 @@ def test_buying_ends_the_episode_with_the_score(env):
     env.reset(task)
     env.step(f"search[{goal.instruction_text}]")
     env.step(f"click[{goal.asin.lower()}]")
-    _obs, r, done, info = env.step("click[buy now]")
+    _obs, r, terminated, truncated, info = env.step("click[buy now]")
     n_att, n_opt = len(goal.attributes), len(goal.goal_options)
-    assert done and r == pytest.approx((n_att + 1) / (n_att + n_opt + 1)) and not info["won"]
+    assert terminated and not truncated and r == pytest.approx((n_att + 1) / (n_att + n_opt + 1)) and not info["won"]
 
 
 def test_clone_is_independent(env):
@@ -154,8 +155,8 @@ def test_timeout(env, webshop_data):
     short.reset(short.tasks("test")[0])
     short.step("search[pillow]")
     short.step("click[next >]")
-    _obs, r, done, info = short.step("click[next >]")
-    assert done and info["timeout"] and r == 0.0 and not info["won"]
+    _obs, r, terminated, truncated, info = short.step("click[next >]")
+    assert truncated and not terminated and info["timeout"] and r == 0.0 and not info["won"]
 
 
 def test_missing_data_names_the_setup_command(tmp_path):
@@ -170,9 +171,9 @@ def test_oracle_solves_test_goals(env):
         acts = oracle_actions(env, task)
         env.reset(task)
         for a in acts:
-            _obs, r, done, info = env.step(a)
+            _obs, r, terminated, truncated, info = env.step(a)
         wins += info["won"]
-        assert done
+        assert terminated or truncated
     rate = wins / len(tasks)
     print(f"oracle success on webshop test goals 0-99: {rate:.2f}")
     assert rate >= 0.9

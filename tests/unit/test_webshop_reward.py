@@ -226,9 +226,9 @@ def test_oracle_purchase_of_test_goal_20_scores_below_one(env):
     task = env.tasks("test")[20]
     goal = env.goal_of(task)
     assert goal.goal_options == {"color": "r.brown2070", "size": "7"} and len(goal.attributes) == 4
-    _obs, reward, done, info = _play(env, task, oracle_actions(env, task))
+    _obs, reward, terminated, truncated, info = _play(env, task, oracle_actions(env, task))
     parts = info["reward_parts"]
-    assert done and info["valid"] and env.observation.text.split(" [SEP] ")[2] == goal.asin
+    assert terminated and not truncated and info["valid"] and env.observation.text.split(" [SEP] ")[2] == goal.asin
     # attributes 4/4, size matched, colour not ("brown" vs "color r brown2070"), price ok: (4 + 1 + 1) / 7
     assert (parts["num_attr_matches"], parts["num_option_matches"], parts["r_price"], parts["r_type"]) == \
         (4, 1, True, 1.0)
@@ -249,7 +249,7 @@ def test_non_breaking_space_value_is_clickable_only_as_written(env):
     assert not env.is_valid("click[a3-army green]") and not env.is_valid("click[A3-ARMY green]")
     assert env.is_valid("click[A3-ARMY\xa0GREEN]")  # case still does not matter
     assert env.is_valid("click[buy  now]")  # page controls keep the collapsed-space matching
-    _obs, _r, _done, info = env.step("click[a3-army green]")
+    _obs, _r, _terminated, _truncated, info = env.step("click[a3-army green]")
     assert not info["valid"]
-    obs, _r, _done, info = env.step(f"click[{value}]")
+    obs, _r, _terminated, _truncated, info = env.step(f"click[{value}]")
     assert info["valid"] and f"color: {value}" in obs.text

@@ -27,7 +27,7 @@ from typing import Any
 
 from threespo_verl.data import MissingDataError
 from threespo_verl.data import data_dir as default_data_dir
-from threespo_verl.envs.base import Observation, Task, TextEnv, make_info, normalize_command
+from threespo_verl.envs.base import Observation, ResetReturn, StepReturn, Task, TextEnv, make_info, normalize_command
 
 TASK_TYPES = {
     "pick_and_place_simple": "pick",
@@ -146,7 +146,7 @@ class AlfWorldEnv(TextEnv):
             self._games.popitem(last=False)[1].close()
         return env
 
-    def reset(self, task: Task) -> Observation:
+    def reset(self, task: Task) -> ResetReturn:
         self._task = task
         self._env = self._load(str(self.game_file(task)))
         state = self._env.reset()
@@ -154,9 +154,9 @@ class AlfWorldEnv(TextEnv):
         text = state.feedback.replace(_INTRO, "").strip()
         self._goal = text.split("Your task is to:", 1)[1].strip() if "Your task is to:" in text else ""
         self._set_obs(text, state)
-        return self._obs
+        return self._obs, {}
 
-    def step(self, action: str | None) -> tuple[Observation, float, bool, dict[str, Any]]:
+    def step(self, action: str | None) -> StepReturn:
         if self._env is None:
             raise RuntimeError("call reset(task) before step()")
         if self._done:
@@ -175,7 +175,7 @@ class AlfWorldEnv(TextEnv):
         self._set_obs(text, state)
         info = make_info(won=won, score=float(won), valid=valid, state_changed=self._obs.state_key != before,
                          timeout=timeout, steps=self._steps)
-        return self._obs, float(won), self._done, info
+        return self._obs, float(won), won, timeout, info
 
     def is_valid(self, action: str | None) -> bool:
         return normalize_command(action) in self._admissible

@@ -1,13 +1,15 @@
 """The one environment protocol every text environment implements (DESIGN §4).
 
-Gymnasium-shaped, text in and text out::
+In Gymnasium's shape, text in and text out::
 
     env = make("household", max_steps=30)
     task = env.tasks("train")[0]
-    obs = env.reset(task)                       # Observation
-    obs, reward, done, info = env.step("go to countertop 1")
+    obs, info = env.reset(task)                 # Observation, {} (env-specific extras)
+    obs, reward, terminated, truncated, info = env.step("go to countertop 1")
+    done = terminated or truncated
 
-Rules every environment follows (the conformance suite in ``tests/unit/test_env_conformance.py`` checks them):
+Rules every environment follows (``threespo_verl.envs.check_env`` checks them; the unit tests run it on every
+shipped environment):
 
 * ``reset`` is deterministic in the task: the same task gives the same first observation, whatever happened before.
 * ``step`` is deterministic in (task, action prefix).
@@ -17,8 +19,10 @@ Rules every environment follows (the conformance suite in ``tests/unit/test_env_
   changes nothing (``Nothing happens.``, an invalid action) maps to the previous key.
 * ``reward`` is the task score after the step, in [0, 1] (ALFWorld: won; WebShop: the purchase score, 0 before
   buying); ``info["won"]`` is the success flag used as ``R_success`` by 3SPO.
-* The episode ends (``done=True``) when the task is won or lost for good, or when ``max_steps`` steps were taken
-  (``info["timeout"] = True`` in that last case only).
+* ``terminated`` is True when the task is won or lost for good (ALFWorld and household: won; WebShop: bought).
+  ``truncated`` is True when the environment's own step limit cut the episode: ``max_steps`` steps were taken and it
+  was not terminated by that step (``info["timeout"]`` carries the same flag). Never both; an environment without a
+  step limit always returns ``truncated=False``. After either, ``step`` raises until the next ``reset``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ class Observation:
     goal: str
 
 
-#: keys every ``info`` dict returned by ``step`` carries
+#: what ``reset`` returns: the first observation and an info dict (env-specific extras; may be empty)
+ResetReturn = tuple[Observation, dict[str, Any]]
+#: what ``step`` returns: (observation, reward, terminated, truncated, info)
+StepReturn = tuple[Observation, float, bool, bool, dict[str, Any]]
+
+#: keys every ``info`` dict returned by ``step`` carries (``timeout`` equals the ``truncated`` flag)
 INFO_KEYS = ("won", "score", "valid", "state_changed", "timeout", "steps")
 
 
@@ -99,12 +108,13 @@ class TextEnv(abc.ABC):
 
     # ---- episode -------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def reset(self, task: Task) -> Observation:
-        """Start ``task`` from its initial state."""
+    def reset(self, task: Task) -> ResetReturn:
+        """Start ``task`` from its initial state. Returns (obs, info)."""
 
     @abc.abstractmethod
-    def step(self, action: str | None) -> tuple[Observation, float, bool, dict[str, Any]]:
-        """Apply one action (``None`` = malformed reply, an invalid step). Returns (obs, reward, done, info)."""
+    def step(self, action: str | None) -> StepReturn:
+        """Apply one action (``None`` = malformed reply, an invalid step). Returns (obs, reward, terminated,
+        truncated, info); the episode is over when ``terminated or truncated``."""
 
     @abc.abstractmethod
     def is_valid(self, action: str | None) -> bool:

@@ -29,11 +29,11 @@ tasks of their own id namespace whose oracle plan has at most ``EASY_MAX_PLAN`` 
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 from typing import Any
 
-from threespo_verl.envs.base import Observation, Task, TextEnv, make_info, normalize_command
+from threespo_verl.envs.base import Observation, ResetReturn, StepReturn, Task, TextEnv, make_info, normalize_command
+from threespo_verl.io_utils import stable_seed
 
 TASK_TYPES = ("pick", "clean", "heat", "cool", "look", "pick2")
 OPENABLE = ("fridge", "microwave", "cabinet", "drawer")
@@ -55,7 +55,7 @@ EASY_MAX_PLAN = 3
 
 
 def _seed(task_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "little")
+    return stable_seed(task_id)
 
 
 def _task_type(task_id: str) -> str:
@@ -227,7 +227,7 @@ class HouseholdEnv(TextEnv):
         return list(_split_tasks(split, self.name))
 
     # ---- episode -------------------------------------------------------------------------------------------------
-    def reset(self, task: Task) -> Observation:
+    def reset(self, task: Task) -> ResetReturn:
         self._task = task
         self._world, self._goal = _generate(task)
         self._steps, self._done = 0, False
@@ -236,9 +236,9 @@ class HouseholdEnv(TextEnv):
         text = (f"You are in the middle of a room. Looking quickly around you, you see {seen}.\n\n"
                 f"Your task is to: {self._goal['text']}")
         self._set_obs(text)
-        return self._obs
+        return self._obs, {}
 
-    def step(self, action: str | None) -> tuple[Observation, float, bool, dict[str, Any]]:
+    def step(self, action: str | None) -> StepReturn:
         if self._world is None:
             raise RuntimeError("call reset(task) before step()")
         if self._done:
@@ -254,7 +254,7 @@ class HouseholdEnv(TextEnv):
         self._set_obs(feedback)
         info = make_info(won=won, score=float(won), valid=valid, state_changed=self._obs.state_key != before,
                          timeout=timeout, steps=self._steps)
-        return self._obs, float(won), self._done, info
+        return self._obs, float(won), won, timeout, info
 
     def is_valid(self, action: str | None) -> bool:
         return normalize_command(action) in self._admissible

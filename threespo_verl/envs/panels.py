@@ -9,6 +9,9 @@
 | webshop   | `test`         | goals 0-499 of the seed-233 shuffle                           |
 | webshop   | `test128`      | goals 0-127 of that shuffle (the first 128 test goals)        |
 
+Any other environment (a user-defined one, named by its import path) has no fixed panel: its panel ``name`` is one
+of its splits, every task in the env's canonical order.
+
 Each panel carries a sha256 over its task ids, in order; log it with every evaluation so two numbers can be
 compared only when they come from the same panel.
 """
@@ -49,11 +52,15 @@ def panel_hash(tasks) -> str:
 
 
 def panel(env_name: str, name: str, **env_kwargs: Any) -> Panel:
-    """The fixed panel ``name`` of ``env_name`` (env_kwargs such as ``data_dir`` go to the environment)."""
-    if (env_name, name) not in PANELS:
+    """The fixed panel ``name`` of ``env_name`` (env_kwargs such as ``data_dir`` go to the environment); for an
+    environment without fixed panels, the whole split ``name``."""
+    if (env_name, name) in PANELS:
+        split, keep = PANELS[(env_name, name)]
+    elif env_name not in {e for e, _ in PANELS}:
+        split, keep = name, None
+    else:
         valid = ", ".join(f"{e}:{p}" for e, p in PANELS)
         raise ValueError(f"unknown panel {env_name}:{name}; valid: {valid}")
-    split, keep = PANELS[(env_name, name)]
     env = make(env_name, **env_kwargs)
     try:
         tasks = tuple(env.tasks(split))

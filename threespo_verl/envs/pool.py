@@ -27,12 +27,20 @@ from threespo_verl.envs.base import Observation, Task
 
 @dataclasses.dataclass
 class StepResult:
+    """One environment step (``TextEnv.step``'s five values), or an ``error`` (then ``truncated`` is True: the
+    episode cannot go on)."""
+
     observation: Observation | None
     reward: float
-    done: bool
+    terminated: bool
+    truncated: bool
     info: dict[str, Any]
     error: str | None = None
     retried: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
 
 
 class WorkerCrashed(RuntimeError):
@@ -58,7 +66,7 @@ def _worker_main(conn, env_name: str | None, env_kwargs: dict, factory: Callable
                 _, handle, task, prefix = msg
                 env = envs.get(handle) or new_env()
                 envs[handle] = env
-                obs = env.reset(task)
+                obs, _info = env.reset(task)
                 for action in prefix:
                     obs = env.step(action)[0]
                 conn.send(("ok", obs))
@@ -193,12 +201,12 @@ class EnvPool:
             for i, (status, value) in zip(idx, payload):
                 handle, action = requests[i]
                 if status == "ok":
-                    obs, reward, done, info = value
+                    obs, reward, terminated, truncated, info = value
                     self._prefix[handle].append(action)
-                    results[i] = StepResult(obs, reward, done, info, retried=retried)
+                    results[i] = StepResult(obs, reward, terminated, truncated, info, retried=retried)
                 else:
                     self.stats["failed_steps"] += 1
-                    results[i] = StepResult(None, 0.0, True, {}, error=value, retried=retried)
+                    results[i] = StepResult(None, 0.0, False, True, {}, error=value, retried=retried)
         self.stats["steps"] += len(requests)
         self._enforce_memory(by_worker)
         return results  # type: ignore[return-value]

@@ -4,6 +4,10 @@ The wording follows the ALFWorld and WebShop prompts of verl-agent / GiGPO (the 
 numbers with), so results stay comparable: one user message per step, the last ``history_length`` (default 2)
 observation/action pairs inlined, and the answer format ``<think>...</think><action>...</action>``.
 
+Any other environment (a user-defined one, ``docs/custom_env.md``) gets the same layout under a neutral head line
+("You are an expert agent operating in a text environment. Your task is to: ..."), one admissible action per
+comma, and no worked example (``few_shot`` adds nothing there).
+
 ``few_shot=True`` prepends one worked example (a small model such as SmolLM2-135M needs it to emit valid actions at
 all); ``reasoning=False`` asks for the action block only (shorter replies on slow CPU rollouts).
 """
@@ -18,6 +22,7 @@ Step = tuple[str, str]  # (observation text, action taken)
 
 _ALFWORLD_HEAD = "You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {goal}\n"
 _WEBSHOP_HEAD = "You are an expert autonomous agent operating in the WebShop e-commerce game. Your task is to: {goal}\n"
+_GENERIC_HEAD = "You are an expert agent operating in a text environment. Your task is to: {goal}\n"
 
 _HISTORY = (
     "Prior to this step, you have already taken {n_steps} step(s). Below are the most recent {k} observations and "
@@ -52,7 +57,7 @@ _EXAMPLE = {
 
 def _render(family: str, head: str, obs: Observation, history: Sequence[Step], history_length: int,
             few_shot: bool, reasoning: bool, action_sep: str) -> list[dict[str, str]]:
-    parts = [_EXAMPLE[family] if few_shot else "", head.format(goal=obs.goal)]
+    parts = [_EXAMPLE.get(family, "") if few_shot else "", head.format(goal=obs.goal)]
     recent = list(history)[-history_length:] if history_length > 0 else []
     if history:
         lines = "\n".join(
@@ -81,15 +86,21 @@ def render_webshop_prompt(obs: Observation, history: Sequence[Step] = (), histor
     return _render("webshop", _WEBSHOP_HEAD, obs, history, history_length, few_shot, reasoning, ",\n")
 
 
+def render_generic_prompt(obs: Observation, history: Sequence[Step] = (), history_length: int = 2,
+                          few_shot: bool = False, reasoning: bool = True) -> list[dict[str, str]]:
+    """Chat messages for an environment without a template of its own (no worked example exists for it)."""
+    return _render("generic", _GENERIC_HEAD, obs, history, history_length, few_shot, reasoning, ", ")
+
+
 _RENDERERS = {"household": render_alfworld_prompt, "alfworld": render_alfworld_prompt,
               "webshop": render_webshop_prompt}
 
 
 def render_prompt(env_name: str, obs: Observation, history: Sequence[Step] = (), history_length: int = 2,
                   few_shot: bool = False, reasoning: bool = True) -> list[dict[str, str]]:
-    if env_name not in _RENDERERS:
-        raise ValueError(f"no prompt template for env {env_name!r}; valid: {', '.join(sorted(_RENDERERS))}")
-    return _RENDERERS[env_name](obs, history, history_length, few_shot, reasoning)
+    """The prompt of ``env_name`` (its ``Task.env_name``): the shipped environments' own templates, the generic
+    one for any other environment."""
+    return _RENDERERS.get(env_name, render_generic_prompt)(obs, history, history_length, few_shot, reasoning)
 
 
 def render_fitting(render, fits, env_name: str, obs: Observation, history: Sequence[Step], *, history_length: int,

@@ -1,4 +1,5 @@
-"""Put an environment into a search-tree node's state (DESIGN §4, §2.5).
+"""``EnvCache``: environments positioned at search-tree nodes (a parked one, a clone, or reset + replay of the
+node's action prefix) for the 3SPO expansion (DESIGN §4, §2.5).
 
 A node is identified by its task and the action prefix that leads to it. ``EnvCache`` hands out environments
 positioned at a node:
@@ -123,8 +124,8 @@ class EnvCache:
 
     def _advance(self, env: TextEnv, actions: Sequence[str | None]) -> None:
         for action in actions:
-            _obs, _r, done, _info = env.step(action)
+            _obs, _r, terminated, truncated, _info = env.step(action)
             self.stats["replayed_steps"] += 1
-            if done:
+            if terminated or truncated:
                 raise RuntimeError("replaying a node's action prefix ended the episode early; the prefix is not a "
                                    "non-terminal node of this task (is the environment deterministic?)")

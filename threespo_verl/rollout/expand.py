@@ -233,11 +233,12 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
     branches: list[Branch] = []
     envs = [env, *cache.siblings(task, prefix, env, len(distinct) - 1)]
     for benv, (rep, parsed, count) in zip(envs, distinct.values()):
-        cobs, env_r, done, info = benv.step(parsed.action)
+        cobs, env_r, terminated, truncated, info = benv.step(parsed.action)
+        done = bool(terminated or truncated)
         branches.append(Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),
                                valid=bool(info["valid"]), parse_reason=parsed.reason, merged=count,
-                               state_key=cobs.state_key, obs_text=cobs.text, done=bool(done), won=bool(info["won"]),
-                               timeout=bool(info["timeout"]), env_reward=float(env_r)))
+                               state_key=cobs.state_key, obs_text=cobs.text, done=done, won=bool(info["won"]),
+                               timeout=bool(truncated), env_reward=float(env_r)))
         if done:
             benv.close()
         else:
@@ -312,7 +313,7 @@ async def play_episode(task: Task, env, sample: SampleFn, *, history_length: int
     minus ``invalid_action_penalty`` on every step whose action was invalid (``r_penalty``), 0 otherwise."""
     if outcome not in OUTCOMES:
         raise ValueError(f"env.outcome={outcome!r}; valid: {OUTCOMES}")
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     history: list[tuple[str, str]] = []
     steps: list[EpisodeStep] = []
     done = False
@@ -321,10 +322,11 @@ async def play_episode(task: Task, env, sample: SampleFn, *, history_length: int
                                              few_shot=few_shot, reasoning=reasoning)
         rep = (await sample(messages, 1, obs.admissible_actions))[0]
         parsed = parser.parse(rep.text)
-        nobs, env_r, done, info = env.step(parsed.action)
+        nobs, env_r, terminated, truncated, info = env.step(parsed.action)
+        done = bool(terminated or truncated)
         b = Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),
                    valid=bool(info["valid"]), parse_reason=parsed.reason, merged=1, state_key=nobs.state_key,
-                   obs_text=nobs.text, done=bool(done), won=bool(info["won"]), timeout=bool(info["timeout"]),
+                   obs_text=nobs.text, done=done, won=bool(info["won"]), timeout=bool(truncated),
                    env_reward=float(env_r))
         steps.append(EpisodeStep(obs.state_key, obs.text, b))
         history.append((obs.text, b.action_text))

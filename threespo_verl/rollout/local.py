@@ -1,5 +1,6 @@
-"""In-process drivers of the same rollout code the verl glue runs, without verl: 3SPO rounds over a set of tasks and
-GRPO-style independent episodes. Used by the exploration benchmark and by tests that check the glue against them.
+"""Local rollout drivers (in process, no verl): ``explore_3spo`` (3SPO rounds over a set of tasks) and
+``run_episodes`` (GRPO-style independent episodes), on the same rollout code the verl glue runs. Used by the
+exploration benchmark and by tests that check the glue against them.
 
 ``explore_3spo`` does per round what the ``threespo`` trainer mode and the ``threespo_step`` agent loop do together:
 one ``expand_node`` per unfinished tree, the tree updated, the trajectories that ended (as the tree reports them:

@@ -13,7 +13,6 @@ Sampling is reproducible: request k of a prompt seen for the j-th time gets the 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 import uuid
@@ -21,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from threespo_verl.envs.actions import action_choice_regex
+from threespo_verl.io_utils import stable_seed
 from threespo_verl.rollout.expand import Sample
 
 
@@ -86,8 +86,7 @@ class VLLMSampler:
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _seed_for(self, seed: int, prompt: str, j: int, k: int) -> int:
-        h = hashlib.sha256(f"{seed}\x00{prompt}\x00{j}\x00{k}".encode()).digest()
-        return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+        return stable_seed(seed, prompt, j, k, sep="\x00", bits=31)
 
     def with_seed(self, seed: int):
         """A ``SampleFn`` on the same engine whose requests derive their seeds from ``seed`` (one per eval seed)."""

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from threespo_verl.io_utils import atomic_write
+
 SOURCES = ("expert", "jsonl")
 LAYOUTS = ("trajectory", "step")
 EXAMPLES = "examples.jsonl"
@@ -92,7 +94,7 @@ def play_expert(env_name: str, env, task, *, history_length: int = 2, few_shot: 
     from threespo_verl.envs.prompts import render_prompt
 
     actions = expert_actions(env_name, env, task)
-    obs = env.reset(task)
+    obs, _info = env.reset(task)
     history: list[tuple[str, str]] = []
     messages: list[dict[str, str]] = []
     won, reward, steps, invalid = False, 0.0, 0, 0
@@ -100,12 +102,12 @@ def play_expert(env_name: str, env, task, *, history_length: int = 2, few_shot: 
         messages += render_prompt(env_name, obs, history, history_length=history_length, few_shot=few_shot,
                                   reasoning=reasoning)
         messages.append({"role": "assistant", "content": expert_reply(obs.goal, action, reasoning)})
-        nobs, r, done, info = env.step(action)
+        nobs, r, terminated, truncated, info = env.step(action)
         steps += 1
         invalid += not info["valid"]
         history.append((obs.text, action))
         obs, won, reward = nobs, bool(info["won"]), float(r)
-        if done:
+        if terminated or truncated:
             break
     return {"format": FORMAT, "source": EXPERT_NAMES[env_name], "task_id": task.task_id, "env_name": env_name,
             "task_type": task.task_type, "rollout": 0, "won": won, "reward": reward, "n_steps": steps,
@@ -171,9 +173,8 @@ def _rows(recs: Sequence[dict[str, Any]], layout: str) -> list[dict[str, Any]]:
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        pd.DataFrame(rows).to_parquet(f, index=False)
 
 
 def build_sft_data(env: str, out_dir: str | Path, *, source: str = "expert", trajectories: str | Path | None = None,
@@ -194,12 +195,13 @@ def build_sft_data(env: str, out_dir: str | Path, *, source: str = "expert", tra
         raise ValueError(f"layout={layout!r}; valid: {LAYOUTS}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    from threespo_verl.spa.collect import read_trajectories, repair_tail
+    from threespo_verl.io_utils import repair_jsonl_tail
+    from threespo_verl.spa.collect import read_trajectories
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / EXAMPLES
-    repair_tail(path)
+    repair_jsonl_tail(path)
     done = {(r["task_id"], int(r["rollout"])): r for r in (read_trajectories(path) if path.exists() else [])}
     settings = {"env": env, "source": source, "split": split, "tasks": tasks, "task_offset": task_offset,
                 "max_steps": max_steps, "history_length": history_length, "reasoning": reasoning,

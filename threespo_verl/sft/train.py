@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from threespo_verl.io_utils import atomic_write
+
 RESULT = "sft_result.json"
 
 
@@ -94,10 +96,8 @@ def _fit_parquet(src: Path, dst: Path, tokenizer, max_length: int) -> tuple[int,
             keep.append(i)
     out = df.iloc[keep].reset_index(drop=True)
     out["messages"] = pd.Series(fitted, dtype=object)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    out.to_parquet(tmp, index=False)
-    os.replace(tmp, dst)
+    with atomic_write(dst, "wb") as f:
+        out.to_parquet(f, index=False)
     return len(out), dropped, left_out
 
 

@@ -1,5 +1,6 @@
 """SPA (Stepwise Progress Attribution, DESIGN §3) outside verl: trajectory collection (stage 2), the progress
-estimator and its training (stage 3), and the ``threespo-verl spa`` command. The reward and advantage math is in
+estimator (stage 3: ``progress``; how it reads a trajectory: ``serialize``; its transformers-Trainer backend:
+``pe_trainer``), and the ``threespo-verl spa`` command. The reward and advantage math is in
 ``threespo_verl.algos.spa``.
 
 Submodules are imported on use (``progress`` pulls torch and transformers)::

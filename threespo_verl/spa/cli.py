@@ -114,7 +114,7 @@ def cmd_collect(args) -> int:
     tasks, factory = _tasks_and_factory(args)
     closer = None
     if args.scripted:
-        from threespo_verl.rollout.scripted import ScriptedPolicy, household_plans, scripted_sampler
+        from threespo_verl.testing import ScriptedPolicy, household_plans, scripted_sampler
 
         plans = household_plans(tasks) if args.env == "household" else None
         sample = scripted_sampler(ScriptedPolicy(plans=plans), args.seed)

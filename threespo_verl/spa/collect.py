@@ -30,6 +30,7 @@ from typing import Any
 from threespo_verl.envs.actions import DEFAULT_PARSER, ActionParser
 from threespo_verl.envs.base import Task, TextEnv
 from threespo_verl.envs.prompts import render_prompt
+from threespo_verl.io_utils import read_jsonl, repair_jsonl_tail
 from threespo_verl.rollout.expand import SampleFn, play_episode
 
 FORMAT = 1
@@ -46,37 +47,11 @@ class CollectStats:
 
 
 def read_trajectories(path: str | Path) -> list[dict[str, Any]]:
-    """All complete lines of a collect file (a torn last line is ignored)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break
-            try:
-                out.append(json.loads(line))
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno} is not a JSON line ({e}); the file is damaged") from None
-    return out
-
-
-def repair_tail(path: Path) -> int:
-    """Cut a torn last line (no newline, or not valid JSON) off ``path``; returns the bytes removed."""
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1  # everything after the last newline is torn
-    # a newline-terminated last line that is not valid JSON is cut too (e.g. a file truncated by another tool)
-    while keep > 0:
-        start = data.rfind(b"\n", 0, keep - 1) + 1
-        try:
-            json.loads(data[start:keep])
-            break
-        except ValueError:
-            keep = start
-    if keep < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-    return len(data) - keep
+    """All complete lines of a collect file (a torn last line is skipped with a warning; a damaged line elsewhere
+    raises ValueError)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no trajectory file at {path}")
+    return read_jsonl(path)
 
 
 def _done_pairs(path: Path) -> set[tuple[str, int]]:
@@ -146,7 +121,7 @@ def collect(tasks: Sequence[Task], env_factory: Callable[[], TextEnv], sample: S
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     path = Path(out_jsonl)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cut = repair_tail(path)
+    cut = repair_jsonl_tail(path)
     done = _done_pairs(path)
     jobs = [(t, k) for t in tasks for k in range(m) if (t.task_id, k) not in done]
     skipped = len(tasks) * m - len(jobs)

@@ -1,23 +1,11 @@
-"""SPA stage 3 (DESIGN §3): the progress estimator, a token-classification head (one label) on the policy's base
-model, read at the last token of every action turn; trained so that the per-step contributions add up to R::
+"""SPA's progress estimator (``ProgressEstimator``) and its training (``train_pe``), stage 3 (DESIGN §3): a
+token-classification head (one label) on the policy's base model, read at the last token of every action turn;
+trained so that the per-step contributions add up to R::
 
     c_t = score(h_{readout(t)})          L = mean_{tau} (R(tau) - sum_t c_t(tau))^2
 
-**Serialization.** A trajectory is the first step's prompt (the task head: the env's system/task text and first
-observation, as the policy saw it) followed by alternating turns: assistant = the policy's reply of step t, user =
-the environment's observation after step t (``observations``; by default the user message of step t+1's prompt).
-It goes through the tokenizer's chat template; each turn is tokenized on its own, so the token blocks of the turns
-are independent and a turn can be dropped whole. The assistant span of a turn is its content plus the template's
-end-of-turn marker (``<|im_end|>`` for ChatML/Qwen2/SmolLM2, ``<|eot_id|>`` for Llama 3), trailing whitespace not
-included; its last token is the readout (``threespo_verl.algos.spa.readout_positions`` of the assistant mask). A
-sequence ends at its last readout.
-
-**Truncation.** When a trajectory does not fit ``max_length`` tokens, old turns are dropped whole from the left,
-keeping the head when it fits together with at least the last turn (else the head goes too). A dropped turn's
-readout is never lost: ``serialize_windows`` scores the dropped steps from the serialization of the trajectory's
-prefix that ends with them (truncated the same way), so every step has exactly one c_t. The backbone is causal, so
-c_t only depends on tokens up to its readout: for a trajectory that fits, a prefix gives the same c_t as the whole.
-A single turn longer than ``max_length`` is an error (raise ``max_length`` or cap the reply length).
+The serialization of a trajectory into token windows, one readout per step, is in ``spa/serialize.py``; the
+transformers-Trainer backend of ``train_pe`` (bf16, gradient checkpointing, FSDP) in ``spa/pe_trainer.py``.
 
 **Records.** ``predict`` and ``train_pe`` read trajectories as ``spa collect`` writes them: a dict with ``steps``,
 each step with ``messages`` (its prompt), ``reply`` and ``observation``; training also needs ``reward`` (R).
@@ -25,7 +13,6 @@ each step with ``messages`` (its prompt), ``reply`` and ``observation``; trainin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -34,154 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from threespo_verl.algos.spa import readout_positions
+from threespo_verl.spa.serialize import (  # noqa: F401 - serialize, TemplateError: this module's API too
+    Serialized,
+    TemplateError,
+    record_turns,
+    serialize,
+    serialize_windows,
+)
 
 #: written next to a trained estimator: settings that ``from_pretrained`` reuses, and the training metrics
 PE_JSON = "spa_pe.json"
 DEFAULT_MAX_LENGTH = 4096
-
-
-class TemplateError(ValueError):
-    """The chat template does not render a conversation as the concatenation of its turns."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Serialized:
-    """One token sequence of a trajectory and the readouts it scores: steps ``first_step .. end_step - 1``."""
-
-    input_ids: list[int]
-    assistant_mask: list[int]
-    readouts: list[int]  # token index of the readout of each scored step, in step order
-    first_step: int
-    end_step: int
-    truncated: bool  # old turns or the head were dropped to fit max_length
-    head_kept: bool
-
-    @property
-    def steps(self) -> range:
-        return range(self.first_step, self.end_step)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Turn:
-    pre: list[int]  # template tokens opening the assistant turn
-    core: list[int]  # reply + end-of-turn marker (the assistant span; its last token is the readout)
-    post: list[int]  # trailing whitespace + the following user observation turn ([] for the last step)
-
-
-def _render(tokenizer, messages, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-def _after(longer: str, prefix: str, what: str) -> str:
-    if not longer.startswith(prefix):
-        raise TemplateError(
-            f"the chat template rewrites earlier turns when {what} is added (rendering is not prefix-stable, e.g. "
-            f"it strips reasoning from old assistant turns); serialize needs a template that renders a "
-            f"conversation as the concatenation of its turns (ChatML, Qwen2/2.5, Llama 3, SmolLM2 templates do)")
-    return longer[len(prefix):]
-
-
-def _tokens(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-
-def _user_content(messages) -> str:
-    users = [m["content"] for m in messages if m.get("role") == "user"]
-    if not users:
-        raise ValueError("a step's prompt has no user message to use as the observation turn")
-    return users[-1]
-
-
-def _turns(messages_per_step, actions, tokenizer, observations) -> tuple[list[int], list[_Turn]]:
-    n = len(actions)
-    if n == 0:
-        raise ValueError("a trajectory needs at least one step")
-    if len(messages_per_step) != n:
-        raise ValueError(f"{n} actions but {len(messages_per_step)} step prompts")
-    if observations is None:
-        observations = [_user_content(messages_per_step[t + 1]) for t in range(n - 1)]
-    elif len(observations) < n - 1:
-        raise ValueError(f"{n} steps need at least {n - 1} observations, got {len(observations)}")
-    conv = [dict(m) for m in messages_per_step[0]]
-    prev = _render(tokenizer, conv, False)
-    head = _tokens(tokenizer, prev)
-    turns = []
-    for t in range(n):
-        opened = _render(tokenizer, conv, True)
-        pre = _after(opened, prev, "a generation prompt")
-        conv.append({"role": "assistant", "content": str(actions[t])})
-        closed = _render(tokenizer, conv, False)
-        act = _after(closed, opened, f"assistant turn {t}")
-        core = act.rstrip()
-        if not core:
-            raise TemplateError(f"assistant turn {t} renders to no text; cannot place its readout")
-        post = act[len(core):]
-        if t < n - 1:
-            conv.append({"role": "user", "content": str(observations[t])})
-            nxt = _render(tokenizer, conv, False)
-            post += _after(nxt, closed, f"observation turn {t}")
-            prev = nxt
-        turns.append(_Turn(_tokens(tokenizer, pre), _tokens(tokenizer, core), _tokens(tokenizer, post)))
-    return head, turns
-
-
-def _window(head: list[int], turns: list[_Turn], end: int, max_length: int) -> Serialized:
-    """Steps [j, end) with j as small as fits: head (if it fits with turn end-1) + turns j..end-1, the last turn
-    without its following observation."""
-    def size(t: int, last: bool) -> int:
-        u = turns[t]
-        return len(u.pre) + len(u.core) + (0 if last else len(u.post))
-
-    need = size(end - 1, True)
-    if need > max_length:
-        raise ValueError(f"step {end - 1}'s turn alone is {need} tokens, more than max_length={max_length}: raise "
-                         f"max_length or cap the reply length (max_tokens)")
-    head_kept = len(head) + need <= max_length
-    total = need + (len(head) if head_kept else 0)
-    j = end - 1
-    while j > 0 and total + size(j - 1, False) <= max_length:
-        j -= 1
-        total += size(j, False)
-    ids, mask = (list(head), [0] * len(head)) if head_kept else ([], [])
-    for t in range(j, end):
-        u = turns[t]
-        post = [] if t == end - 1 else u.post
-        ids += u.pre + u.core + post
-        mask += [0] * len(u.pre) + [1] * len(u.core) + [0] * len(post)
-    readouts = readout_positions(np.asarray(mask, dtype=np.int8)).tolist()
-    assert len(readouts) == end - j and len(ids) <= max_length
-    return Serialized(ids, mask, readouts, j, end, truncated=j > 0 or not head_kept, head_kept=head_kept)
-
-
-def serialize(messages_per_step: Sequence[Sequence[dict]], actions: Sequence[str], tokenizer, max_length: int,
-              observations: Sequence[str] | None = None) -> Serialized:
-    """The token sequence of a whole trajectory (see the module docstring): ``input_ids``, one ``readouts`` entry
-    per kept action turn, ``truncated`` if old turns (or the head) had to be dropped to fit ``max_length``; the
-    kept steps are ``first_step ..`` the last. Raises ValueError if even the last turn does not fit."""
-    head, turns = _turns(messages_per_step, actions, tokenizer, observations)
-    return _window(head, turns, len(turns), max_length)
-
-
-def serialize_windows(messages_per_step, actions, tokenizer, max_length: int,
-                      observations: Sequence[str] | None = None) -> list[Serialized]:
-    """Sequences that score every step exactly once, in step order: ``serialize`` of the whole trajectory, then,
-    while steps were dropped from its left, ``serialize`` of the prefix ending with the last dropped step."""
-    head, turns = _turns(messages_per_step, actions, tokenizer, observations)
-    windows, end = [], len(turns)
-    while end > 0:
-        w = _window(head, turns, end, max_length)
-        windows.append(w)
-        end = w.first_step
-    return windows[::-1]
-
-
-def record_turns(record: dict[str, Any]) -> tuple[list, list[str], list[str]]:
-    """(messages per step, replies, observations) of a collected trajectory record."""
-    steps = record.get("steps")
-    if not steps:
-        raise ValueError(f"trajectory {record.get('task_id', '?')} has no steps")
-    return [s["messages"] for s in steps], [s["reply"] for s in steps], [s["observation"] for s in steps]
 
 
 class ProgressEstimator:
@@ -374,7 +224,6 @@ def train_pe(train_jsonl: str | Path, out_dir: str | Path, base_model: str | Pat
     optimizer state is sharded over the GPUs; ``batch_size`` stays the trajectories per optimizer step over all
     processes (``micro_batch_size`` x processes x accumulation steps)."""
     import torch
-    from tqdm.auto import tqdm
 
     records = load_records(train_jsonl)
     if len(records) < 2:
@@ -386,6 +235,8 @@ def train_pe(train_jsonl: str | Path, out_dir: str | Path, base_model: str | Pat
     backend = resolve_backend(backend, device, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                               optim=optim, fsdp=fsdp)
     if backend == "trainer":
+        from threespo_verl.spa.pe_trainer import _train_pe_trainer
+
         return _train_pe_trainer(
             records, train_idx, held_idx, train_jsonl=train_jsonl, out_dir=out_dir, base_model=base_model,
             epochs=epochs, lr=lr, batch_size=batch_size, micro=micro, seed=seed, max_length=max_length,
@@ -398,7 +249,28 @@ def train_pe(train_jsonl: str | Path, out_dir: str | Path, base_model: str | Pat
     held_enc = [encoded[i] for i in held_idx]
     held_r = [float(records[i]["reward"]) for i in held_idx]
     before = _evaluate_encoded(pe, held_enc, held_r, micro)
-    targets = torch.tensor([float(r["reward"]) for r in records])
+    epoch_loss, n_steps = _fit_loop(pe, encoded, [float(r["reward"]) for r in records], train_idx, epochs=epochs,
+                                    lr=lr, batch_size=batch_size, micro=micro, seed=seed, weight_decay=weight_decay,
+                                    grad_clip=grad_clip, progress=progress)
+    after = _evaluate_encoded(pe, held_enc, held_r, micro)
+    metrics = {
+        "base_model": str(base_model), "train_jsonl": str(train_jsonl), "n_train": int(len(train_idx)),
+        "n_heldout": int(len(held_idx)), "heldout_before": before, "heldout_after": after,
+        "train_loss_per_epoch": epoch_loss, "optimizer_steps": n_steps, "truncated_trajectories": truncated,
+        "n_trajectories": len(records), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+    }
+    pe.save_pretrained(out_dir, extra={"metrics": metrics})
+    return metrics
+
+
+def _fit_loop(pe: ProgressEstimator, encoded, rewards: Sequence[float], train_idx, *, epochs: int, lr: float,
+              batch_size: int, micro: int, seed: int, weight_decay: float, grad_clip: float,
+              progress: bool) -> tuple[list[float], int]:
+    """The ``loop`` backend's epochs (``train_pe``'s docstring): (mean training loss per epoch, optimizer steps)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    targets = torch.tensor(rewards)
     opt = torch.optim.AdamW(pe.model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     n_batches = math.ceil(len(train_idx) / batch_size)
@@ -426,189 +298,4 @@ def train_pe(train_jsonl: str | Path, out_dir: str | Path, base_model: str | Pat
             bar.set_postfix(loss=f"{batch_loss:.4f}")
         epoch_loss.append(total / len(train_idx))
     bar.close()
-    after = _evaluate_encoded(pe, held_enc, held_r, micro)
-    metrics = {
-        "base_model": str(base_model), "train_jsonl": str(train_jsonl), "n_train": int(len(train_idx)),
-        "n_heldout": int(len(held_idx)), "heldout_before": before, "heldout_after": after,
-        "train_loss_per_epoch": epoch_loss, "optimizer_steps": epochs * n_batches, "truncated_trajectories": truncated,
-        "n_trajectories": len(records), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-    }
-    pe.save_pretrained(out_dir, extra={"metrics": metrics})
-    return metrics
-
-
-# ---- the Trainer backend ---------------------------------------------------------------------------------------------
-class _Indices:
-    """A map-style dataset of trajectory indices (the encoded windows live in the collator)."""
-
-    def __init__(self, idx) -> None:
-        self.idx = [int(i) for i in idx]
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, k: int) -> int:
-        return self.idx[k]
-
-
-def _collator(encoded, targets: Sequence[float], pad_id: int):
-    """Batches of trajectories for the Trainer: their windows right-padded (``input_ids``, ``attention_mask``) and,
-    for every readout, its window row, token column and trajectory slot, plus the rewards R (``targets``)."""
-    import torch
-
-    def collate(indices: Sequence[int]) -> dict[str, Any]:
-        windows, rows, cols, slots = [], [], [], []
-        for slot, i in enumerate(indices):
-            for w in encoded[i]:
-                rows += [len(windows)] * len(w.readouts)
-                cols += list(w.readouts)
-                slots += [slot] * len(w.readouts)
-                windows.append(w)
-        width = max(len(w.input_ids) for w in windows)
-        ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(windows), width), dtype=torch.long)
-        for r, w in enumerate(windows):
-            ids[r, :len(w.input_ids)] = torch.tensor(w.input_ids)
-            attn[r, :len(w.input_ids)] = 1
-        return {"input_ids": ids, "attention_mask": attn, "readout_rows": torch.tensor(rows, dtype=torch.long),
-                "readout_cols": torch.tensor(cols, dtype=torch.long),
-                "readout_slots": torch.tensor(slots, dtype=torch.long),
-                "targets": torch.tensor([float(targets[i]) for i in indices], dtype=torch.float32)}
-
-    return collate
-
-
-def _readout_sums(model, inputs: dict[str, Any]):
-    """sum_t c_t of every trajectory of a collated batch (fp32; differentiable)."""
-    import torch
-
-    scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-    values = scores[inputs["readout_rows"], inputs["readout_cols"], 0].float()
-    sums = torch.zeros(len(inputs["targets"]), dtype=torch.float32, device=values.device)
-    return sums.index_add(0, inputs["readout_slots"], values)
-
-
-def _trainer_class():
-    import torch
-    from transformers import Trainer, TrainerCallback
-
-    class EpochLoss(TrainerCallback):
-        def __init__(self, owner) -> None:
-            self.owner = owner
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            self.owner.epoch_sums.append([0.0, 0])
-
-    class ProgressEstimatorTrainer(Trainer):
-        """Trainer on L = mean over a micro-batch's trajectories of (R - sum_t c_t)^2 (averaged over the
-        accumulation steps and processes: the mean over the optimizer batch when micro-batches are equal)."""
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.model_accepts_loss_kwargs = False  # the loss is per trajectory, not per token
-            self.epoch_sums: list[list[float]] = []
-            self.add_callback(EpochLoss(self))
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            sums = _readout_sums(model, inputs)
-            err = (inputs["targets"].float() - sums) ** 2
-            if model.training and self.epoch_sums:
-                self.epoch_sums[-1][0] += float(err.detach().sum())
-                self.epoch_sums[-1][1] += len(err)
-            loss = err.mean()
-            return (loss, {"sums": sums}) if return_outputs else loss
-
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            inputs = self._prepare_inputs(inputs)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                sums = _readout_sums(model, inputs).detach()
-            targets = inputs["targets"].float()
-            return ((targets - sums) ** 2).mean().detach(), sums, targets
-
-    return ProgressEstimatorTrainer
-
-
-def training_arguments(out_dir: str | Path, *, epochs: int, lr: float, batch_size: int, micro: int, seed: int,
-                       weight_decay: float, grad_clip: float, device: str | None, progress: bool, bf16: bool,
-                       gradient_checkpointing: bool, optim: str | None, fsdp: str | None):
-    """transformers' ``TrainingArguments`` of the Trainer backend: ``batch_size`` trajectories per optimizer step
-    over all processes, a constant learning rate without warm-up (as the loop), AdamW unless ``optim``, gradients
-    clipped to ``grad_clip``, nothing saved or reported along the way."""
-    import torch
-    from transformers import TrainingArguments
-
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"device={device!r}: the Trainer backend takes cpu or cuda (choose GPUs with "
-                         f"CUDA_VISIBLE_DEVICES, or launch it with torchrun for several)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args = TrainingArguments(
-        output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=weight_decay, max_grad_norm=float(grad_clip or 0.0),
-        optim=optim or "adamw_torch", per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        bf16=bool(bf16), gradient_checkpointing=bool(gradient_checkpointing),
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        fsdp=fsdp or "", seed=seed, data_seed=seed, use_cpu=device == "cpu", logging_strategy="steps",
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=not progress,
-        remove_unused_columns=False, dataloader_num_workers=0, label_names=["targets"],
-    )
-    if args.n_gpu > 1:  # one process sees several GPUs: one of them (torch's DataParallel would split the readouts)
-        args._n_gpu = 1
-    per_step = micro * args.world_size
-    if batch_size % per_step:
-        raise ValueError(f"batch_size={batch_size} trajectories per optimizer step is not a multiple of "
-                         f"micro_batch_size={micro} x {args.world_size} processes")
-    args.gradient_accumulation_steps = batch_size // per_step
-    return args
-
-
-def _prediction_metrics(trainer, dataset) -> dict[str, float]:
-    if len(dataset) == 0:
-        return {"n": 0, "mse": float("nan"), "mae": float("nan")}
-    out = trainer.predict(dataset)
-    err = np.asarray(out.predictions, dtype=np.float64) - np.asarray(out.label_ids, dtype=np.float64)
-    return {"n": len(err), "mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
-
-
-def _train_pe_trainer(records, train_idx, held_idx, *, train_jsonl, out_dir, base_model, epochs, lr, batch_size,
-                      micro, seed, max_length, weight_decay, grad_clip, device, dtype, progress, bf16,
-                      gradient_checkpointing, optim, fsdp) -> dict[str, Any]:
-    """``train_pe`` through transformers' Trainer (its docstring); the same metrics, the same saved folder."""
-    import torch
-
-    args = training_arguments(out_dir, epochs=epochs, lr=lr, batch_size=batch_size, micro=micro, seed=seed,
-                              weight_decay=weight_decay, grad_clip=grad_clip, device=device, progress=progress,
-                              bf16=bf16, gradient_checkpointing=gradient_checkpointing, optim=optim, fsdp=fsdp)
-    torch.manual_seed(seed)  # the fresh head's initialisation
-    # loaded on the CPU; the Trainer places it (its GPU, or FSDP shards)
-    pe = ProgressEstimator.from_pretrained(base_model, max_length=max_length, device="cpu", dtype=dtype)
-    encoded = [pe.encode(r) for r in records]
-    truncated = int(pe.stats["truncated"])
-    targets = [float(r["reward"]) for r in records]
-    trainer = _trainer_class()(
-        model=pe.model, args=args, train_dataset=_Indices(train_idx),
-        data_collator=_collator(encoded, targets, pe.pad_id))
-    held = _Indices(held_idx)
-    before = _prediction_metrics(trainer, held)
-    trainer.train()
-    after = _prediction_metrics(trainer, held)
-    sums = torch.tensor(trainer.epoch_sums or [[0.0, 0]], dtype=torch.float64, device=args.device)
-    if args.world_size > 1:
-        sums = trainer.accelerator.reduce(sums, reduction="sum")
-    epoch_loss = [float(s / n) if n else float("nan") for s, n in sums.tolist()]
-    metrics = {
-        "base_model": str(base_model), "train_jsonl": str(train_jsonl), "n_train": len(train_idx),
-        "n_heldout": len(held_idx), "heldout_before": before, "heldout_after": after,
-        "train_loss_per_epoch": epoch_loss, "optimizer_steps": int(trainer.state.global_step),
-        "truncated_trajectories": truncated, "n_trajectories": len(records), "epochs": epochs, "lr": lr,
-        "batch_size": batch_size, "seed": seed,
-        "backend": {"name": "transformers.Trainer", "device": str(args.device), "processes": args.world_size,
-                    "micro_batch_size": micro, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                    "bf16": bool(bf16), "gradient_checkpointing": bool(gradient_checkpointing),
-                    "optim": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
-                    "fsdp": fsdp or "", "dtype": dtype or "float32"},
-    }
-    trainer.save_model(str(out_dir))  # gathers FSDP shards; written by the main process
-    if trainer.is_world_process_zero():
-        pe.tokenizer.save_pretrained(out_dir)
-        write_pe_json(out_dir, pe.max_length, {"metrics": metrics})
-    return metrics
+    return epoch_loss, epochs * n_batches

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import xxhash
+
+from threespo_verl.io_utils import atomic_write
 
 FORMAT_NAME = "threespo-state-store"
 FORMAT_VERSION = 1
@@ -266,23 +267,13 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "states": len(self),
                   "trajectories": self._trajectories, "pending_not_saved": self.pending_trajectories}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                extra = {}
-                if self.keep_key_strings:  # optional debugging arrays: hashes and texts of the known strings
-                    extra = {"string_hashes": np.fromiter(self._key_strings, dtype=HASH_DTYPE,
-                                                          count=len(self._key_strings)),
-                             "strings": np.array(list(self._key_strings.values()), dtype=np.str_)}
-                np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                         keys=self._keys, n_total=self._n_total, n_success=self._n_success, **extra)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        extra = {}
+        if self.keep_key_strings:  # optional debugging arrays: hashes and texts of the known strings
+            extra = {"string_hashes": np.fromiter(self._key_strings, dtype=HASH_DTYPE, count=len(self._key_strings)),
+                     "strings": np.array(list(self._key_strings.values()), dtype=np.str_)}
+        with atomic_write(path, "wb") as f:
+            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                     keys=self._keys, n_total=self._n_total, n_success=self._n_success, **extra)
         return path
 
     @classmethod
@@ -347,15 +338,3 @@ class StateStore:
                 and np.array_equal(self._n_total, other._n_total)
                 and np.array_equal(self._n_success, other._n_success))
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

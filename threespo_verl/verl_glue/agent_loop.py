@@ -50,6 +50,7 @@ from threespo_verl.envs import make
 from threespo_verl.envs.base import Task
 from threespo_verl.envs.prompts import render_fitting, render_prompt
 from threespo_verl.envs.restore import EnvCache
+from threespo_verl.io_utils import stable_seed
 from threespo_verl.rollout.expand import ActorScorer, Branch, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.trajectory import TRAJECTORY_ALGOS
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs, env_settings
@@ -362,22 +363,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
             prompts, render = prompt_recorder(base=render)
         last_out: list[Any] = []
-
-        async def sample(messages, n, choices):
-            params = dict(self._sampling)
-            if self._env.get("constrain_actions", False):
-                constrained = _action_constraint(choices)
-                if constrained is not None:
-                    params["structured_outputs"] = constrained
-            prompt_ids = ctx.open(messages)
-            t0 = time.perf_counter()
-            out = await self.server_manager.generate(request_id=self._uid, prompt_ids=prompt_ids,
-                                                     sampling_params=params)
-            self._gen_time += time.perf_counter() - t0
-            ctx.close(out.token_ids, out.log_probs)
-            last_out[:] = [out]
-            return [Sample(text=self.tokenizer.decode(out.token_ids, skip_special_tokens=True))]
-
+        sample = self._chat_sampler(ctx, last_out)
         env = make(self._env["name"], **env_kwargs(self._env))
         history_length = int(self._env.get("history_length", 2))
         try:
@@ -398,6 +384,37 @@ class StepRolloutAgentLoop(AgentLoopBase):
                            "tokens; its %d oldest turn(s) left the row (counted in trajectory/turns_dropped). Raise "
                            "data.max_response_length or lower env.history_length / env.max_tokens_per_step",
                            len(steps), budget, row.dropped)
+        extra = self._trajectory_extra(task, steps, row, kept, progress, grounded, last_out)
+        fields = dict(prompt_ids=row.prompt_ids, response_ids=row.response_ids, response_mask=row.response_mask,
+                      reward_score=float(sum(kept)), num_turns=2 * (row.n_turns - row.first_turn),
+                      metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=extra)
+        if self.rollout_config.calculate_log_probs:
+            fields["response_logprobs"] = row.response_logprobs
+        return [AgentLoopOutput(**fields)]
+
+    def _chat_sampler(self, ctx, last_out: list[Any]):
+        """The ``SampleFn`` of a trajectory row: one reply per step, generated on the growing chat ``ctx`` (which
+        records the reply's tokens); ``last_out`` keeps the last ``TokenOutput``."""
+
+        async def sample(messages, n, choices):
+            params = dict(self._sampling)
+            if self._env.get("constrain_actions", False):
+                constrained = _action_constraint(choices)
+                if constrained is not None:
+                    params["structured_outputs"] = constrained
+            prompt_ids = ctx.open(messages)
+            t0 = time.perf_counter()
+            out = await self.server_manager.generate(request_id=self._uid, prompt_ids=prompt_ids,
+                                                     sampling_params=params)
+            self._gen_time += time.perf_counter() - t0
+            ctx.close(out.token_ids, out.log_probs)
+            last_out[:] = [out]
+            return [Sample(text=self.tokenizer.decode(out.token_ids, skip_special_tokens=True))]
+
+        return sample
+
+    def _trajectory_extra(self, task: Task, steps, row, kept, progress, grounded, last_out) -> dict[str, Any]:
+        """The ``extra_fields`` of a trajectory row (every key of ``EXTRA_KEYS``)."""
         last = steps[-1].branch
         info = {"won": float(last.won), "score": last.env_reward, "episode_length": float(len(steps)),
                 "invalid_rate": sum(not s.branch.valid for s in steps) / len(steps)}
@@ -423,12 +440,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
         missing = set(EXTRA_KEYS) - set(extra)
         if missing:
             raise AssertionError(f"trajectory output lacks extra_fields {sorted(missing)}")
-        fields = dict(prompt_ids=row.prompt_ids, response_ids=row.response_ids, response_mask=row.response_mask,
-                      reward_score=float(sum(kept)), num_turns=2 * (row.n_turns - row.first_turn),
-                      metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=extra)
-        if self.rollout_config.calculate_log_probs:
-            fields["response_logprobs"] = row.response_logprobs
-        return [AgentLoopOutput(**fields)]
+        return extra
 
 
 def _action_constraint(choices):
@@ -446,7 +458,4 @@ def _action_constraint(choices):
 def branch_seed(sample_seed: int, seed_base: str, branch: int) -> int:
     """The vLLM seed of one reply: stable in (``algorithm.threespo.sample_seed``, ``seed_base``, branch). The node
     mode's ``seed_base`` is ``"<tree id>/<node id>"``: a task explored again later (a new tree) draws new seeds."""
-    import hashlib
-
-    text = f"{sample_seed}/{seed_base}/{branch}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return stable_seed(sample_seed, seed_base, branch, sep="/", bits=31)

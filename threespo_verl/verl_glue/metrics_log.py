@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from threespo_verl.io_utils import atomic_write, read_jsonl
+
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numeric scalars of a verl metrics dict (tensors of one element included), as floats."""
@@ -38,19 +40,8 @@ def append(path: str, step: int, metrics: dict[str, Any], **fields: Any) -> None
 
 
 def read(path: str) -> list[dict[str, Any]]:
-    """Complete lines only (a line cut by a kill is skipped)."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for ln in f:
-            try:
-                row = json.loads(ln)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    return rows
+    """The step rows of the log; a line cut by a kill (or otherwise not JSON) is skipped with a warning."""
+    return [row for row in read_jsonl(path, damaged="skip") if isinstance(row, dict) and "step" in row]
 
 
 def truncate(path: str, last_step: int) -> int:
@@ -60,10 +51,6 @@ def truncate(path: str, last_step: int) -> int:
     with open(path, encoding="utf-8") as f:
         total = sum(1 for ln in f if ln.strip())
     kept = [r for r in read(path) if r["step"] <= last_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return total - len(kept)

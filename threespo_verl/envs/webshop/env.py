@@ -60,7 +60,7 @@ from typing import Any
 
 from threespo_verl.data import MissingDataError
 from threespo_verl.data import data_dir as default_data_dir
-from threespo_verl.envs.base import Observation, Task, TextEnv, make_info
+from threespo_verl.envs.base import Observation, ResetReturn, StepReturn, Task, TextEnv, make_info
 from threespo_verl.envs.webshop.catalog import FILES, Catalog, Goal, load_catalog
 from threespo_verl.envs.webshop.reward import RewardParts, score_purchase
 from threespo_verl.envs.webshop.search import SearchIndex, load_index
@@ -138,14 +138,14 @@ class WebShopEnv(TextEnv):
         return self.catalog.goals[int(task.payload["goal_index"])]
 
     # ---- episode -------------------------------------------------------------------------------------------------
-    def reset(self, task: Task) -> Observation:
+    def reset(self, task: Task) -> ResetReturn:
         self._task, self._goal = task, self.goal_of(task)
         self._state, self._steps, self._done, self._score = _State(), 0, False, 0.0
         self.last_reward_parts = None
         self._obs = self._observe("")
-        return self._obs
+        return self._obs, {}
 
-    def step(self, action: str | None) -> tuple[Observation, float, bool, dict[str, Any]]:
+    def step(self, action: str | None) -> StepReturn:
         if self._task is None:
             raise RuntimeError("call reset(task) before step()")
         if self._done:
@@ -172,7 +172,7 @@ class WebShopEnv(TextEnv):
                          timeout=timeout, steps=self._steps)
         if bought:
             info["reward_parts"] = dataclasses.asdict(self.last_reward_parts)
-        return self._obs, reward, self._done, info
+        return self._obs, reward, bought, timeout, info
 
     def is_valid(self, action: str | None) -> bool:
         return self._task is not None and not self._done and self._transition(action) is not None

@@ -21,8 +21,8 @@ def oracle_actions(env, task: Task) -> list[str]:
 
     def play(action: str) -> bool:
         actions.append(action)
-        _obs, _r, done, _info = sim.step(action)
-        return done
+        _obs, _r, terminated, truncated, _info = sim.step(action)
+        return terminated or truncated
 
     queries = [goal.instruction_text, sim.catalog.by_asin[goal.asin].title]
     for i, query in enumerate(queries):
