@@ -22,8 +22,9 @@ MINI_BATCH_ROWS=256
 # verl's epoch cap, set far above any run. verl 0.9's loop (trainer/ppo/v1/trainer_base.py, fit) also stops once
 # trainer.total_epochs x steps-per-epoch steps have run, steps-per-epoch = train split size // data.train_batch_size,
 # whatever trainer.total_training_steps says; a run cut there gets neither its final validation nor its final
-# checkpoint (only the step that reaches total_training_steps is "the last step"). 3SPO counts one expansion round as
-# a step: ALFWorld's 3,553 games // 16 = 222 steps per epoch x verl's default 30 epochs = round 6,660 of 7,500. With
+# checkpoint (only the step that reaches total_training_steps is "the last step"). 3SPO with the paper's timing counts
+# one expansion round as a step: ALFWorld's 3,553 games // 16 = 222 steps per epoch x verl's default 30 epochs =
+# round 6,660 of 7,500. With
 # this cap total_training_steps alone ends every run (tests/unit/test_recipes.py checks each shell against its split).
 EPOCHS=1000000
 
@@ -48,12 +49,15 @@ _model() {
   esac
 }
 
-# one training step: GRPO/GiGPO play rollout.n whole episodes per task; 3SPO expands one node per tree (about
-# g_max env steps per task), so 3SPO gets H x the steps for the same env-step budget (TRAIN_STEPS = GRPO's)
+# one training step: GRPO/GiGPO play rollout.n whole episodes per task; 3SPO (update_mode=post_trajectory, the
+# default) explores its batch's trees to the end, at most g_max x H env steps per task: the same steps for the same
+# env-step budget (TRAIN_STEPS). For the paper's timing (one update per expansion round, about g_max env steps per
+# task) append  algorithm.threespo.update_mode=post_step algorithm.threespo.reward_stats=round  and multiply
+# trainer.total_training_steps / test_freq / save_freq by H (DESIGN §2.7).
 _algorithm() {
   local steps=${TRAIN_STEPS:-150} test_freq=${TEST_FREQ:-5}
   case "$1" in
-    3spo) echo "algorithm=3spo algorithm.threespo.g_max=${GROUP} algorithm.threespo.env_step_budget=null actor_rollout_ref.rollout.n=1 trainer.total_training_steps=$((steps * H)) trainer.test_freq=$((test_freq * H)) trainer.save_freq=$((test_freq * H * 2))" ;;
+    3spo) echo "algorithm=3spo algorithm.threespo.g_max=${GROUP} algorithm.threespo.env_step_budget=null actor_rollout_ref.rollout.n=1 trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
     grpo | gigpo | spa | ppo | spa_ppo) echo "algorithm=$1 actor_rollout_ref.rollout.n=${GROUP} trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
     *) echo "recipes: unknown algorithm '$1' (3spo | grpo | gigpo | spa | ppo | spa_ppo)" >&2; return 2 ;;
   esac

@@ -129,12 +129,16 @@ def test_recipe_composes_and_follows_the_protocol(shell):
         assert cfg.algorithm.spa.grounding_guard == "normalized"  # the guard that cannot be farmed (issue 12 item 7)
 
 
-def test_three_spo_gets_h_times_the_steps_of_grpo_for_the_same_env_steps():
+def test_three_spo_gets_the_steps_of_grpo_for_the_same_env_steps():
+    # post_trajectory (the default): a 3SPO step explores its batch's trees to the end (<= g_max x H env steps per
+    # task), as a GRPO step plays rollout.n episodes of <= H steps
     for env in ("alfworld", "webshop"):
         c3 = compose_recipe(recipe_args(f"recipes/{env}/3spo_qwen2.5-1.5b.sh"))
         cg = compose_recipe(recipe_args(f"recipes/{env}/grpo_qwen2.5-1.5b.sh"))
-        assert c3.trainer.total_training_steps == cg.trainer.total_training_steps * H[env]
-        assert c3.trainer.test_freq == cg.trainer.test_freq * H[env]
+        assert c3.algorithm.threespo.update_mode == "post_trajectory"
+        assert c3.algorithm.threespo.reward_stats == "update"
+        assert c3.trainer.total_training_steps == cg.trainer.total_training_steps
+        assert c3.trainer.test_freq == cg.trainer.test_freq
 
 
 def test_every_shell_of_an_env_shares_outcome_penalty_and_mini_batch_rows():

@@ -35,9 +35,9 @@ class ThreeSPOConfig(BaseConfig):
     omega_k: float = 0.1
     # Eq.2 difference term: "untruncated" exp(-lambda SR) (default) or "literal" (the truncated S of Eq.1)
     score_diff: str = "untruncated"
-    # Eq.2's statistics: "round" (the snapshot before the expansion round, the paper's) or "update" (those committed
-    # when the update's advantages are computed: with post_trajectory, every trajectory of the update's trees)
-    reward_stats: str = "round"
+    # Eq.2's statistics: "update" (those committed when the update's advantages are computed: with post_trajectory,
+    # every trajectory of the update's trees; default) or "round" (the snapshot before the expansion round, the paper's)
+    reward_stats: str = "update"
     # statistics per (task, state) ("task", default) or pooled over tasks ("global", an ablation)
     state_scope: str = "task"
     # Eq.3 branching n(s) = ceil(G_max S(s))
@@ -49,8 +49,9 @@ class ThreeSPOConfig(BaseConfig):
     # §2.5 exploration budget per task: env steps (null -> G x H = rollout.n x env.max_steps) and trajectories
     env_step_budget: int | None = None
     max_trajectories_per_task: int = 32
-    # §2.7 one actor update per expansion round (post_step) or per finished trees (post_trajectory)
-    update_mode: str = "post_step"
+    # §2.7 one actor update per finished batch of trees (post_trajectory, default) or per expansion round (post_step,
+    # the paper's)
+    update_mode: str = "post_trajectory"
     min_update_rows: int = 1
     # safety stop: rounds one update may take before giving up (0 = 10 x the per-task budget)
     max_rounds_per_update: int = 0
