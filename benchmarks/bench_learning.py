@@ -199,9 +199,8 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
             return f"{m * scale:.1f}" + ("" if math.isnan(ci) else f" +- {ci * scale:.1f}")
 
         lines.append(f"| {algo} | {f('initial', True)} | " + " | ".join(f(f'@{c:.0f}', True) for c in checkpoints)
-                     + f" | {f('final', True)} | {f('auc', True)} | {f('to_target')} | {f('env_steps')} | {f('unique')} | "
-                     f"{f('llm')} | "
-                     f"{f('optim')} | {f('wall')} |")
+                     + f" | {f('final', True)} | {f('auc', True)} | {f('to_target')} | {f('env_steps')} | "
+                     f"{f('unique')} | {f('llm')} | {f('optim')} | {f('wall')} |")
     text = "\n".join(lines) + "\n"
     _plot(runs, out / "curves.png", budget)
     (out / "results.md").write_text(text + "\n![curves](curves.png)\n")
