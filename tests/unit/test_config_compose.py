@@ -80,6 +80,16 @@ def test_bad_enum_value_is_rejected_with_valid_values():
         omega_conf_to_dataclass(cfg.algorithm)
 
 
+@pytest.mark.parametrize("algo", ["3spo", "grpo", "gigpo", "spa", "ppo", "spa_ppo"])
+def test_algorithm_name_and_estimator_agree(algo):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    assert omega_conf_to_dataclass(_compose(f"algorithm={algo}").algorithm).name == algo
+    wrong = "gae" if algo in ("3spo", "grpo", "gigpo", "spa") else "grpo"
+    with pytest.raises(Exception, match=f"config group algorithm={algo}"):
+        omega_conf_to_dataclass(_compose(f"algorithm={algo}", f"algorithm.adv_estimator={wrong}").algorithm)
+
+
 @pytest.mark.parametrize("env, steps", [("household", 30), ("alfworld", 50), ("webshop", 15)])
 def test_env_group(env, steps):
     cfg = _compose(f"env={env}")

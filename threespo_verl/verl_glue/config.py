@@ -18,6 +18,8 @@ SCORE_DIFFS = ("untruncated", "literal")
 STATE_SCOPES = ("task", "global")
 UPDATE_MODES = ("post_step", "post_trajectory")
 REWARD_STATS = ("round", "update")
+#: the advantage estimator of each algorithm (its config group, config/algorithm/NAME.yaml, sets both keys)
+ADV_ESTIMATORS = {"3spo": "3spo", "grpo": "grpo", "gigpo": "gigpo", "spa": "spa", "ppo": "gae", "spa_ppo": "gae"}
 GIGPO_MODES = ("mean_std_norm", "mean_norm")
 SPA_GUARDS = ("normalized", "state_change", "cap")  # = threespo_verl.algos.spa.GUARD_MODES
 
@@ -129,8 +131,23 @@ class ThreeSPOAlgoConfig(AlgoConfig):
 
     #: which of this package's algorithms the run uses: 3spo | grpo | gigpo | spa | ppo | spa_ppo
     name: str = "grpo"
+    #: verl's advantage estimator; must be the one ``ADV_ESTIMATORS`` pairs with ``name`` (the algorithm group sets both)
+    adv_estimator: str = "grpo"
     #: rows per optimizer step for every algorithm: an update of R rows takes ceil(R / mini_batch_rows) steps
     mini_batch_rows: int = 256
     threespo: ThreeSPOConfig = field(default_factory=ThreeSPOConfig)
     gigpo: GiGPOConfig = field(default_factory=GiGPOConfig)
     spa: SPAConfig = field(default_factory=SPAConfig)
+
+    def __post_init__(self):
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        want = ADV_ESTIMATORS.get(self.name)
+        if want is None:
+            raise ValueError(f"algorithm.name={self.name!r}; valid: {', '.join(ADV_ESTIMATORS)}")
+        got = str(getattr(self.adv_estimator, "value", self.adv_estimator))
+        if got != want:
+            raise ValueError(f"algorithm.name={self.name} trains with algorithm.adv_estimator={want}, got {got}: select "
+                             f"the algorithm with the config group algorithm={self.name}, which sets both, instead of "
+                             f"overriding one of them")
