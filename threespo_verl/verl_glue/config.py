@@ -131,7 +131,7 @@ class ThreeSPOAlgoConfig(AlgoConfig):
 
     #: which of this package's algorithms the run uses: 3spo | grpo | gigpo | spa | ppo | spa_ppo
     name: str = "grpo"
-    #: verl's advantage estimator; must be the one ``ADV_ESTIMATORS`` pairs with ``name`` (the algorithm group sets both)
+    #: verl's advantage estimator; must be the one ``ADV_ESTIMATORS`` pairs with ``name`` (the group sets both)
     adv_estimator: str = "grpo"
     #: rows per optimizer step for every algorithm: an update of R rows takes ceil(R / mini_batch_rows) steps
     mini_batch_rows: int = 256
@@ -148,6 +148,6 @@ class ThreeSPOAlgoConfig(AlgoConfig):
             raise ValueError(f"algorithm.name={self.name!r}; valid: {', '.join(ADV_ESTIMATORS)}")
         got = str(getattr(self.adv_estimator, "value", self.adv_estimator))
         if got != want:
-            raise ValueError(f"algorithm.name={self.name} trains with algorithm.adv_estimator={want}, got {got}: select "
-                             f"the algorithm with the config group algorithm={self.name}, which sets both, instead of "
-                             f"overriding one of them")
+            raise ValueError(f"algorithm.name={self.name} trains with algorithm.adv_estimator={want}, got {got}: "
+                             f"select the algorithm with the config group algorithm={self.name}, which sets both, "
+                             f"instead of overriding one of them")
