@@ -16,6 +16,7 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from threespo_verl.envs.base import Task
 from threespo_verl.rollout.tree import Frontiers
 from threespo_verl.verl_glue import metrics_log
+from threespo_verl.verl_glue.verl_compat import global_step_folder
 
 logger = logging.getLogger("threespo_verl.trainer")
 
@@ -76,7 +77,7 @@ class CheckpointMixin:
                         self.metrics_path)
 
     def _global_step_folder(self) -> str:
-        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        return global_step_folder(self.config.trainer.default_local_dir, self.global_steps)
 
     def _resume_folder(self) -> str:
         """The checkpoint folder verl resumed from (``trainer.resume_mode``)."""

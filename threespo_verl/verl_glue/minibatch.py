@@ -8,8 +8,9 @@ import contextlib
 import math
 from collections.abc import Iterator
 
-from omegaconf import open_dict
 from transfer_queue import KVBatchMeta
+
+from threespo_verl.verl_glue.verl_compat import mini_batch_size
 
 
 def minibatch_plan(rows: int, rows_per_step: int, unit: int = 1) -> tuple[int, int]:
@@ -64,19 +65,14 @@ class MiniBatchMixin:
     def _planned_mini_batches(self, node, batch: KVBatchMeta) -> Iterator[tuple[int, int]]:
         """verl sizes mini-batches as ``node.ppo_mini_batch_size`` x rollout.n rows (node: the actor's or the
         critic's config); inside the block that is b of this update's plan (``minibatch_plan``), so the update takes
-        K = len(batch) / b optimizer steps per epoch. Yields (K, b); the configured size is restored afterwards."""
+        K = len(batch) / b optimizer steps per epoch. Yields (K, b); the configured size is restored afterwards
+        (``verl_compat.mini_batch_size``)."""
         n = int(self.config.actor_rollout_ref.rollout.n)
         k, b = self._mb_plan or (1, len(batch))
         if k * b != len(batch):
             raise AssertionError(f"update batch of {len(batch)} rows does not match its plan {k} x {b}")
-        saved = node.ppo_mini_batch_size
-        with open_dict(self.config):
-            node.ppo_mini_batch_size = b // n
-        try:
+        with mini_batch_size(self.config, node, b // n):  # why the config, not the batch: see verl_compat
             yield k, b
-        finally:
-            with open_dict(self.config):
-                node.ppo_mini_batch_size = saved
 
     def _actor_update_metrics(self, k: int, b: int, rows: int) -> dict[str, float]:
         """Counts the update's optimizer steps; its ``actor/*`` plan metrics."""

@@ -18,6 +18,7 @@ from verl.workers.utils.padding import response_to_nested
 from threespo_verl.rollout.expand import rescore_rows
 from threespo_verl.rollout.trajectory import place_turn_rewards
 from threespo_verl.verl_glue import row_meta as rm
+from threespo_verl.verl_glue.verl_compat import is_padding
 
 #: fault injection for tests/e2e/test_learning.py only, which proves that the learning test fails when the learning
 #: signal breaks: ``flip_advantage`` negates every advantage, ``reward_off_by_one`` puts each step reward one token
@@ -56,18 +57,18 @@ class RewardsMixin:
         if self.algo == "3spo" and self.tcfg.get("reward_stats", "round") == "update":
             rewards = self._rescored(batch, extras, rewards)
         if str(self.config.algorithm.adv_estimator) == "grpo":
-            rewards = episode_returns_on_final_rows(extras, [t.get("is_padding", False) for t in batch.tags])
+            rewards = episode_returns_on_final_rows(extras, [is_padding(t) for t in batch.tags])
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
         mask = data["response_mask"]
         lens = mask.offsets().diff().tolist()
         width = max(lens) if lens else 1
         scores = torch.zeros(len(batch), width, dtype=torch.float32)
         for i, (tag, e, n, r) in enumerate(zip(batch.tags, extras, lens, rewards)):
-            if not tag.get("is_padding", False) and n > 0 and e.get("mode") == "trajectory":
+            if not is_padding(tag) and n > 0 and e.get("mode") == "trajectory":
                 shift = int(self.mutation == "reward_off_by_one")
                 ends = [(p + shift, r) for p, r in zip(e["turn_ends"], e["turn_rewards"]) if p + shift < n]
                 scores[i, :n] = torch.tensor(place_turn_rewards(n, [p for p, _ in ends], [r for _, r in ends]))
-            elif not tag.get("is_padding", False) and n > 0:
+            elif not is_padding(tag) and n > 0:
                 pos = n if self.mutation == "reward_off_by_one" else n - 1
                 if pos < width:
                     scores[i, pos] = r
@@ -81,7 +82,7 @@ class RewardsMixin:
         import ray
 
         idx = [i for i, (t, e) in enumerate(zip(batch.tags, extras))
-               if not t.get("is_padding", False) and e.get("mode") == "node" and not e.get("pruned", False)]
+               if not is_padding(t) and e.get("mode") == "node" and not e.get("pruned", False)]
 
         def lookup(keys):
             (n_total, n_success), t = ray.get(self.store.lookup_with_t.remote(list(keys)))
@@ -99,7 +100,7 @@ class RewardsMixin:
 
     def row_metadata(self, batch: KVBatchMeta, extras: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """The per-row metadata of ``row_meta`` for this batch, aligned with ``batch.keys``."""
-        pad = np.array([bool(t.get("is_padding", False)) for t in batch.tags])
+        pad = np.array([is_padding(t) for t in batch.tags])
         return {
             # trees scope 3SPO's node ids; episode rows are scoped by verl's uid (one submission of a task)
             rm.TASK_ID: np.array([e["tree_id"] for e in extras], dtype=object),

@@ -29,7 +29,9 @@ from threespo_verl.rollout.tree import ChildOutcome, TaskTree, Trajectory
 from threespo_verl.store.state_store import key_hash
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY
 from threespo_verl.verl_glue.train_metrics import new_round_metrics
-from threespo_verl.verl_glue.verl_compat import _concat, _extra_fields, _select
+from threespo_verl.verl_glue.verl_compat import (
+    ROLLOUT_N_COLUMN, concat_batches, extra_fields, select_rows, split_row_key,
+)
 
 logger = logging.getLogger("threespo_verl.trainer")
 
@@ -165,7 +167,7 @@ class RoundsMixin:
                 raise RuntimeError(f"3SPO: {rounds} expansion rounds produced only {n_rows} update rows (< "
                                    f"min_update_rows={min_rows}); every group was a singleton or pruned. Lower "
                                    f"algorithm.threespo.min_update_rows or check the policy's replies")
-        batch = _concat(kept)
+        batch = concat_batches(kept)
         metrics = self._explore_metrics(acc, rounds, n_rows)
         return batch, metrics
 
@@ -189,7 +191,7 @@ class RoundsMixin:
     def _requests_td(self, reqs: list[tuple[TaskTree, Any]]) -> tuple[TensorDict, list[str]]:
         uids, rows = [], []
         for tree, node in reqs:
-            uid = uuid.uuid4().hex  # no "_": verl splits keys on it
+            uid = uuid.uuid4().hex  # no "_": verl splits keys on it (verl_compat.ROW_KEY_FORMAT)
             uids.append(uid)
             rows.append(json.dumps(node_request(tree, node, self.round, self.params.g_max)))
         n = len(reqs)
@@ -203,7 +205,7 @@ class RoundsMixin:
             "data_source": np.array([f"{t.task.env_name}/{t.task.task_type}" for t, _ in reqs], dtype=object),
             "agent_name": np.array([AGENT_NAME] * n, dtype=object),
             REQUEST_KEY: np.array(rows, dtype=object),
-            "__rollout_n__": np.array([1] * n, dtype=object),
+            ROLLOUT_N_COLUMN: np.array([1] * n, dtype=object),
         }
         td = tu.get_tensordict(batch)
         tu.assign_non_tensor_data(td, "global_steps", self.global_steps)
@@ -217,10 +219,10 @@ class RoundsMixin:
         td, uids = self._requests_td(reqs)
         self._submit_batch_to_rollout(td)
         batch, failed = self.replay_buffer.collect(uids)
-        extras = _extra_fields(batch)
+        extras = extra_fields(batch)
         by_uid: dict[str, list[tuple[int, int]]] = defaultdict(list)  # uid -> [(output index, row position)]
         for pos, key in enumerate(batch.keys):
-            uid, _session, idx = key.rsplit("_", 2)
+            uid, _session, idx = split_row_key(key)
             by_uid[uid].append((int(idx), pos))
         keep = [False] * len(batch)
         m = new_round_metrics()
@@ -243,7 +245,7 @@ class RoundsMixin:
                     keep[p] = True
             elif rows and not es[0]["pruned"]:
                 m["singleton"] += 1
-        update, dropped = _select(batch, keep)
+        update, dropped = select_rows(batch, keep)
         if dropped:
             tq.kv_clear(keys=dropped, partition_id=batch.partition_id)
         # every ended trajectory is recorded here, once: the tree applied each expansion exactly once

@@ -14,7 +14,7 @@ from transfer_queue import KVBatchMeta
 
 from threespo_verl.store.state_store import key_hash
 from threespo_verl.verl_glue import metrics_log
-from threespo_verl.verl_glue.verl_compat import _extra_fields
+from threespo_verl.verl_glue.verl_compat import extra_fields, real_rows
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -119,10 +119,7 @@ class MetricsMixin:
         return ray.get(self.store.stats.remote())
 
     def _episode_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
-        real = KVBatchMeta(partition_id=batch.partition_id,
-                           keys=[k for k, t in zip(batch.keys, batch.tags) if not t.get("is_padding", False)],
-                           tags=[t for t in batch.tags if not t.get("is_padding", False)])
-        extras = _extra_fields(real)
+        extras = extra_fields(real_rows(batch))
         if not extras:
             return {}
         last: dict[str, dict] = {}

@@ -62,7 +62,10 @@ from threespo_verl.verl_glue.rounds import (
     MAX_NODE_FAILURES, RoundReplayBuffer, RoundsMixin, apply_node_rows, node_children, node_request,
 )
 from threespo_verl.verl_glue.train_metrics import METRICS_FILE, MetricsMixin, new_round_metrics, val_success_metrics
-from threespo_verl.verl_glue.verl_compat import _concat, _extra_fields, _select
+from threespo_verl.verl_glue.verl_compat import concat_batches as _concat
+from threespo_verl.verl_glue.verl_compat import extra_fields as _extra_fields
+from threespo_verl.verl_glue.verl_compat import is_padding
+from threespo_verl.verl_glue.verl_compat import select_rows as _select
 
 logger = logging.getLogger("threespo_verl.trainer")
 
@@ -164,7 +167,7 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
 
     # the update's real row count decides its mini-batch plan (read by _get_required_batch_multiple below)
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
-        self._update_rows = sum(not t.get("is_padding", False) for t in batch.tags)
+        self._update_rows = sum(not is_padding(t) for t in batch.tags)
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
     # verl pads to a multiple of the configured mini-batch; this pads to K x b rows of the update's plan
