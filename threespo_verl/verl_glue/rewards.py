@@ -6,7 +6,6 @@ trajectory row's turn rewards at the closing token of each action turn; the per-
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from verl.workers.utils.padding import response_to_nested
 from threespo_verl.rollout.expand import rescore_rows
 from threespo_verl.rollout.trajectory import place_turn_rewards
 from threespo_verl.verl_glue import row_meta as rm
+from threespo_verl.verl_glue.step_row import StepRow
 from threespo_verl.verl_glue.verl_compat import is_padding
 
 #: fault injection for tests/e2e/test_learning.py only, which proves that the learning test fails when the learning
@@ -27,7 +27,7 @@ MUTATION_ENV = "THREESPO_TEST_MUTATION"
 MUTATIONS = ("flip_advantage", "reward_off_by_one")
 
 
-def episode_returns_on_final_rows(extras: list[dict[str, Any]], padding: list[bool]) -> list[float]:
+def episode_returns_on_final_rows(extras: list[StepRow], padding: list[bool]) -> list[float]:
     """Per row: the episode's return (sum of its rows' step rewards) on the episode's final row (highest step index
     of its ``traj_id``), 0 on its other rows and on padding rows."""
     total: dict[str, float] = defaultdict(float)
@@ -35,9 +35,9 @@ def episode_returns_on_final_rows(extras: list[dict[str, Any]], padding: list[bo
     for i, (e, pad) in enumerate(zip(extras, padding)):
         if pad:
             continue
-        total[e["traj_id"]] += float(e["step_reward"])
-        if e["traj_id"] not in final or final[e["traj_id"]][0] < int(e["step_index"]):
-            final[e["traj_id"]] = (int(e["step_index"]), i)
+        total[e.traj_id] += float(e.step_reward)
+        if e.traj_id not in final or final[e.traj_id][0] < int(e.step_index):
+            final[e.traj_id] = (int(e.step_index), i)
     out = [0.0] * len(extras)
     for traj, (_step, i) in final.items():
         out[i] = total[traj]
@@ -47,13 +47,13 @@ def episode_returns_on_final_rows(extras: list[dict[str, Any]], padding: list[bo
 class RewardsMixin:
     """Rewards into TransferQueue and row metadata for the estimators (mixed into ``ThreeSPOTrainer``)."""
 
-    def _row_rewards_to_tq(self, batch: KVBatchMeta, extras: list[dict[str, Any]]) -> None:
+    def _row_rewards_to_tq(self, batch: KVBatchMeta, extras: list[StepRow]) -> None:
         """rm_scores of every row := its own step reward at the last response token (padding rows keep 0); a
         trajectory row (``algorithm=ppo | spa_ppo``) gets ``turn_rewards[i]`` at ``turn_ends[i]``, the closing token
         of each action turn, and 0 on every other token (observation tokens included). verl's GRPO reads only each
         session's final row: for it that row carries the episode's return (the sum of its step rewards: the outcome
         minus the invalid-action penalties, DESIGN §2.8) and the session's other rows 0."""
-        rewards = [float(e.get("step_reward", 0.0)) for e in extras]
+        rewards = [float(e.step_reward) for e in extras]
         if self.algo == "3spo" and self.tcfg.get("reward_stats", "round") == "update":
             rewards = self._rescored(batch, extras, rewards)
         if str(self.config.algorithm.adv_estimator) == "grpo":
@@ -64,9 +64,9 @@ class RewardsMixin:
         width = max(lens) if lens else 1
         scores = torch.zeros(len(batch), width, dtype=torch.float32)
         for i, (tag, e, n, r) in enumerate(zip(batch.tags, extras, lens, rewards)):
-            if not is_padding(tag) and n > 0 and e.get("mode") == "trajectory":
+            if not is_padding(tag) and n > 0 and e.mode == "trajectory":
                 shift = int(self.mutation == "reward_off_by_one")
-                ends = [(p + shift, r) for p, r in zip(e["turn_ends"], e["turn_rewards"]) if p + shift < n]
+                ends = [(p + shift, r) for p, r in zip(e.turn_ends, e.turn_rewards) if p + shift < n]
                 scores[i, :n] = torch.tensor(place_turn_rewards(n, [p for p, _ in ends], [r for _, r in ends]))
             elif not is_padding(tag) and n > 0:
                 pos = n if self.mutation == "reward_off_by_one" else n - 1
@@ -75,20 +75,20 @@ class RewardsMixin:
         out = TensorDict({"rm_scores": response_to_nested(scores, mask)}, batch_size=len(batch))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
 
-    def _rescored(self, batch: KVBatchMeta, extras: list[dict[str, Any]], rewards: list[float]) -> list[float]:
+    def _rescored(self, batch: KVBatchMeta, extras: list[StepRow], rewards: list[float]) -> list[float]:
         """``reward_stats: update``: Eq.2 of every node row from the statistics committed now (``rescore_rows``); the
         round-time rewards stay in the rows' extra fields (explore/reward/*), the re-scored means go to
         ``explore/reward/update_*``."""
         import ray
 
         idx = [i for i, (t, e) in enumerate(zip(batch.tags, extras))
-               if not is_padding(t) and e.get("mode") == "node" and not e.get("pruned", False)]
+               if not is_padding(t) and e.mode == "node" and not e.pruned]
 
         def lookup(keys):
             (n_total, n_success), t = ray.get(self.store.lookup_with_t.remote(list(keys)))
             return n_total, n_success, t
 
-        r = rescore_rows([extras[i] for i in idx], self.params, lookup)
+        r = rescore_rows([extras[i].to_extra_fields() for i in idx], self.params, lookup)
         out = list(rewards)
         for j, i in enumerate(idx):
             out[i] = float(r.total[j])
@@ -98,19 +98,19 @@ class RewardsMixin:
                                      "explore/reward/update_r_novel_mean": float(np.mean(r.novelty))}
         return out
 
-    def row_metadata(self, batch: KVBatchMeta, extras: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    def row_metadata(self, batch: KVBatchMeta, extras: list[StepRow]) -> dict[str, np.ndarray]:
         """The per-row metadata of ``row_meta`` for this batch, aligned with ``batch.keys``."""
         pad = np.array([is_padding(t) for t in batch.tags])
         return {
             # trees scope 3SPO's node ids; episode rows are scoped by verl's uid (one submission of a task)
-            rm.TASK_ID: np.array([e["tree_id"] for e in extras], dtype=object),
-            rm.ENV_TASK_ID: np.array([e["task_id"] for e in extras], dtype=object),
-            rm.TRAJ_ID: np.array([e["traj_id"] for e in extras], dtype=object),
-            rm.STEP_INDEX: np.array([int(e["step_index"]) for e in extras], dtype=np.int64),
-            rm.NODE_ID: np.array([int(e["node_id"]) for e in extras], dtype=np.int64),
-            rm.PARENT_NODE_ID: np.array([int(e["parent_node_id"]) for e in extras], dtype=np.int64),
-            rm.STATE_KEY: np.array([e["state_key"] for e in extras], dtype=object),
-            rm.ROUND: np.array([int(e["round"]) for e in extras], dtype=np.int64),
+            rm.TASK_ID: np.array([e.tree_id for e in extras], dtype=object),
+            rm.ENV_TASK_ID: np.array([e.task_id for e in extras], dtype=object),
+            rm.TRAJ_ID: np.array([e.traj_id for e in extras], dtype=object),
+            rm.STEP_INDEX: np.array([int(e.step_index) for e in extras], dtype=np.int64),
+            rm.NODE_ID: np.array([int(e.node_id) for e in extras], dtype=np.int64),
+            rm.PARENT_NODE_ID: np.array([int(e.parent_node_id) for e in extras], dtype=np.int64),
+            rm.STATE_KEY: np.array([e.state_key for e in extras], dtype=object),
+            rm.ROUND: np.array([int(e.round) for e in extras], dtype=np.int64),
             rm.IS_PAD: pad,
         }
 

@@ -28,6 +28,7 @@ from threespo_verl.envs.base import Task
 from threespo_verl.rollout.tree import ChildOutcome, TaskTree, Trajectory
 from threespo_verl.store.state_store import key_hash
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY
+from threespo_verl.verl_glue.step_row import StepRow, step_rows
 from threespo_verl.verl_glue.train_metrics import new_round_metrics
 from threespo_verl.verl_glue.verl_compat import (
     ROLLOUT_N_COLUMN, concat_batches, extra_fields, select_rows, split_row_key,
@@ -88,43 +89,43 @@ def node_request(tree: TaskTree, node, round_: int, g_max: int) -> dict[str, Any
     }
 
 
-def node_children(es: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def node_children(es: list[StepRow]) -> list[StepRow]:
     """The distinct children of one expansion from its rows (one row per sampled reply; replies of the same action
     share ``branch``): the first row of each branch, in branch order."""
-    first: dict[int, dict[str, Any]] = {}
+    first: dict[int, StepRow] = {}
     for e in es:
-        first.setdefault(int(e["branch"]), e)
+        first.setdefault(int(e.branch), e)
     return [first[b] for b in sorted(first)]
 
 
-def apply_node_rows(tree: TaskTree, node, es: list[dict[str, Any]], m: dict[str, Any]) -> list[Trajectory]:
-    """Feed one node's rows (their ``extra_fields``, in output order) back into its tree, count them in ``m`` and
+def apply_node_rows(tree: TaskTree, node, es: list[StepRow], m: dict[str, Any]) -> list[Trajectory]:
+    """Feed one node's rows (their ``StepRow``, in output order) back into its tree, count them in ``m`` and
     return the trajectories the tree ended (to be recorded in the store exactly once). No rows means the agent loop
     pruned the node (n(s) = 0): its one marker row (``pruned``) carries the node's state."""
-    if not es or es[0]["pruned"]:
-        traj = tree.prune(node.node_id, *((es[0]["state_key"], es[0]["parent_obs"]) if es else ()))
+    if not es or es[0].pruned:
+        traj = tree.prune(node.node_id, *((es[0].state_key, es[0].parent_obs) if es else ()))
         m["pruned"] += 1
         m["n_hist"].append(0)
         return [traj]
     e0 = es[0]
     children = node_children(es)
-    ended = tree.expand(node.node_id, e0["state_key"], e0["parent_obs"], [
-        ChildOutcome(action=e["action"], action_text=e["action_text"], state_key=e["child_state_key"],
-                     obs_text=e["child_obs"], reward=float(e["step_reward"]), done=bool(e["done"]),
-                     won=bool(e["won"])) for e in children])
+    ended = tree.expand(node.node_id, e0.state_key, e0.parent_obs, [
+        ChildOutcome(action=e.action, action_text=e.action_text, state_key=e.child_state_key,
+                     obs_text=e.child_obs, reward=float(e.step_reward), done=bool(e.done),
+                     won=bool(e.won)) for e in children])
     m["expanded"] += 1
-    m["n_hist"].append(int(e0["n_branches"]))
+    m["n_hist"].append(int(e0.n_branches))
     m["env_steps"] += len(children)
-    m["llm_calls"] += int(e0["n_branches"])
-    m["replayed"] += int(e0["replayed_steps"])
-    m["prompt_truncated"] += int(e0["prompt_truncated"] > 0)
-    m["states"].add(e0["state_key"])
+    m["llm_calls"] += int(e0.n_branches)
+    m["replayed"] += int(e0.replayed_steps)
+    m["prompt_truncated"] += int(e0.prompt_truncated > 0)
+    m["states"].add(e0.state_key)
     for e in es:  # per row (sampled reply): what the update trains on
-        m["states"].add(e["child_state_key"])
+        m["states"].add(e.child_state_key)
         for k in ("r_novel", "r_score_diff", "r_success", "r_penalty"):
-            m[k].append(float(e[k]))
-        m["reward"].append(float(e["step_reward"]))
-        m["invalid"].append(0.0 if e["valid_action"] else 1.0)
+            m[k].append(float(getattr(e, k)))
+        m["reward"].append(float(e.step_reward))
+        m["invalid"].append(0.0 if e.valid_action else 1.0)
     return ended
 
 
@@ -219,7 +220,7 @@ class RoundsMixin:
         td, uids = self._requests_td(reqs)
         self._submit_batch_to_rollout(td)
         batch, failed = self.replay_buffer.collect(uids)
-        extras = extra_fields(batch)
+        extras = step_rows(extra_fields(batch))
         by_uid: dict[str, list[tuple[int, int]]] = defaultdict(list)  # uid -> [(output index, row position)]
         for pos, key in enumerate(batch.keys):
             uid, _session, idx = split_row_key(key)
@@ -243,7 +244,7 @@ class RoundsMixin:
             if len(node_children(es)) >= 2:
                 for p in rows:
                     keep[p] = True
-            elif rows and not es[0]["pruned"]:
+            elif rows and not es[0].pruned:
                 m["singleton"] += 1
         update, dropped = select_rows(batch, keep)
         if dropped:

@@ -14,6 +14,7 @@ from transfer_queue import KVBatchMeta
 
 from threespo_verl.store.state_store import key_hash
 from threespo_verl.verl_glue import metrics_log
+from threespo_verl.verl_glue.step_row import StepRow, step_rows
 from threespo_verl.verl_glue.verl_compat import extra_fields, real_rows
 
 METRICS_FILE = "metrics.jsonl"
@@ -119,21 +120,21 @@ class MetricsMixin:
         return ray.get(self.store.stats.remote())
 
     def _episode_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
-        extras = extra_fields(real_rows(batch))
+        extras = step_rows(extra_fields(real_rows(batch)))
         if not extras:
             return {}
-        last: dict[str, dict] = {}
+        last: dict[str, StepRow] = {}
         states: set[str] = set()
         # a trajectory row (algorithm=ppo | spa_ppo) is a whole episode: its steps, states and invalid actions
-        traj = [e for e in extras if e["mode"] == "trajectory"]
-        steps = [e["step_index"] + 1 if e["mode"] == "trajectory" else 1 for e in extras]
-        invalid = [e["invalid_steps"] if e["mode"] == "trajectory" else int(not e["valid_action"]) for e in extras]
+        traj = [e for e in extras if e.mode == "trajectory"]
+        steps = [e.step_index + 1 if e.mode == "trajectory" else 1 for e in extras]
+        invalid = [e.invalid_steps if e.mode == "trajectory" else int(not e.valid_action) for e in extras]
         for e in extras:
-            states.add(e["state_key"])
-            states.add(e["child_state_key"])
-            states.update(e["turn_states"])
-            if e["done"]:
-                last[e["traj_id"]] = e
+            states.add(e.state_key)
+            states.add(e.child_state_key)
+            states.update(e.turn_states)
+            if e.done:
+                last[e.traj_id] = e
         hashes = key_hash(sorted(states)).tolist()
         new = sum(1 for h in hashes if h not in self.unique_states)
         self.unique_states.update(hashes)
@@ -146,21 +147,21 @@ class MetricsMixin:
                "episode/invalid_rate": sum(invalid) / max(1, sum(steps))}
         if self.algo in ("spa", "spa_ppo"):  # SPA's reward components per step: alpha_p c_t and the guarded beta g_t
             # (a trajectory row holds its episode's sums; step rows one step each)
-            out["reward/progress_mean"] = sum(e["r_progress"] for e in extras) / max(1, sum(steps))
-            out["reward/grounding_mean"] = sum(e["r_grounding"] for e in extras) / max(1, sum(steps))
-            out["reward/step_mean"] = sum(e["step_reward"] for e in extras) / max(1, sum(steps))
+            out["reward/progress_mean"] = sum(e.r_progress for e in extras) / max(1, sum(steps))
+            out["reward/grounding_mean"] = sum(e.r_grounding for e in extras) / max(1, sum(steps))
+            out["reward/step_mean"] = sum(e.step_reward for e in extras) / max(1, sum(steps))
         if traj:  # turns dropped to fit the context budget (rollout/trajectory.py), never silently
-            out["trajectory/turns_dropped"] = sum(int(e["turns_dropped"]) for e in traj)
-            out["trajectory/truncated_rows"] = sum(int(e["turns_dropped"]) > 0 for e in traj)
+            out["trajectory/turns_dropped"] = sum(int(e.turns_dropped) for e in traj)
+            out["trajectory/truncated_rows"] = sum(int(e.turns_dropped) > 0 for e in traj)
             out["trajectory/rows"] = len(traj)
         if last:
-            out["episode/success"] = float(np.mean([e["won"] for e in last.values()]))
+            out["episode/success"] = float(np.mean([e.won for e in last.values()]))
             out["train/episode_success"] = out["episode/success"]  # comparable with 3SPO's (DESIGN §2.8)
             out["train/finished_trajectories"] = len(last)
-            out["episode/length_mean"] = float(np.mean([e["step_index"] + 1 for e in last.values()]))
+            out["episode/length_mean"] = float(np.mean([e.step_index + 1 for e in last.values()]))
             per_type = defaultdict(list)
             for e in last.values():
-                per_type[e["task_type"]].append(float(e["won"]))
+                per_type[e.task_type].append(float(e.won))
             for ttype, v in sorted(per_type.items()):
                 out[f"episode/success/{ttype}"] = float(np.mean(v))
         return out

@@ -61,6 +61,7 @@ from threespo_verl.verl_glue.rewards import MUTATION_ENV, MUTATIONS, RewardsMixi
 from threespo_verl.verl_glue.rounds import (
     MAX_NODE_FAILURES, RoundReplayBuffer, RoundsMixin, apply_node_rows, node_children, node_request,
 )
+from threespo_verl.verl_glue.step_row import step_rows
 from threespo_verl.verl_glue.train_metrics import METRICS_FILE, MetricsMixin, new_round_metrics, val_success_metrics
 from threespo_verl.verl_glue.verl_compat import concat_batches as _concat
 from threespo_verl.verl_glue.verl_compat import extra_fields as _extra_fields
@@ -155,7 +156,7 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
 
     # each row's own step reward (not verl's copied session score) and the row metadata the estimators read
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        extras = _extra_fields(batch)
+        extras = step_rows(_extra_fields(batch))
         self._rescore_metrics: dict[str, float] = {}
         self._row_rewards_to_tq(batch, extras)
         metrics.update(self._rescore_metrics)
