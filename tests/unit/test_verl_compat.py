@@ -12,6 +12,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
+from threespo_verl.verl_glue import row_meta as rm
 from threespo_verl.verl_glue import verl_compat as vc
 
 
@@ -90,6 +91,8 @@ def test_declared_private_api_matches_installed_verl():
     problems += _check_in(f"{vc.PADDING_TAG}=True", inspect.getsource(padding_utils), "verl's padding_utils (the tag "
                           "of upsample_batch_to_divisible_size's rows)", "PADDING_TAG")
     problems += _check_in(f'tag.get("{vc.PADDING_TAG}", False)', trainer_src, "PPOTrainer", "PADDING_TAG")
+    if rm.IS_PADDING != vc.PADDING_TAG:
+        problems.append(f"row_meta.IS_PADDING={rm.IS_PADDING!r} is not verl's padding tag {vc.PADDING_TAG!r}")
     fmt = inspect.signature(find_latest_ckpt_path).parameters.get("directory_format")
     if fmt is None or fmt.default != vc.GLOBAL_STEP_FOLDER:
         problems.append(f"find_latest_ckpt_path's directory_format is {fmt} (verl_compat.GLOBAL_STEP_FOLDER)")

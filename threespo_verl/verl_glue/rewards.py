@@ -111,7 +111,7 @@ class RewardsMixin:
             rm.PARENT_NODE_ID: np.array([int(e.parent_node_id) for e in extras], dtype=np.int64),
             rm.STATE_KEY: np.array([e.state_key for e in extras], dtype=object),
             rm.ROUND: np.array([int(e.round) for e in extras], dtype=np.int64),
-            rm.IS_PAD: pad,
+            rm.IS_PADDING: pad,
         }
 
     def _flip_advantages(self, batch: KVBatchMeta) -> None:
