@@ -74,6 +74,11 @@ def test_declared_private_api_matches_installed_verl():
         elif not _is_subsequence(params, _params(fn)):
             problems.append(f"{spec}{_params(fn)}: the glue passes {params} (verl_compat.LIBRARY_CALLS)")
 
+    for kind, spec in vc.REGISTRIES.items():
+        module, _, name = spec.partition(":")
+        if not isinstance(getattr(importlib.import_module(module), name, None), dict):
+            problems.append(f"verl's {kind} registry {spec} is gone (verl_compat.REGISTRIES)")
+
     trainer_src = inspect.getsource(trainer_base) + inspect.getsource(trainer_sync)
     problems += _check_assigned(trainer_src, "PPOTrainer", vc.TRAINER_ATTRIBUTES, "TRAINER_ATTRIBUTES")
     problems += _check_assigned(inspect.getsource(replay_buffer.ReplayBuffer.__init__), "ReplayBuffer.__init__",

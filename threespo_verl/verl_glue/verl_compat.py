@@ -18,6 +18,7 @@ Declarations:
   the keyword arguments verl passes.
 * ``TRAINER_ATTRIBUTES`` / ``REPLAY_BUFFER_ATTRIBUTES`` / ``AGENT_LOOP_ATTRIBUTES``: attributes verl's constructors
   set that the glue reads or writes.
+* ``REGISTRIES``: verl's agent-loop and trainer-mode registries (``registry(kind)``), read by the plugin's checks.
 * ``ROW_KEY_FORMAT``, ``PADDING_TAG``, ``ROLLOUT_N_COLUMN``, ``GLOBAL_STEP_FOLDER``: formats verl writes or reads.
 
 The helpers below are the glue's only readers of those formats and of TransferQueue's ``extra_fields`` column.
@@ -101,6 +102,12 @@ LIBRARY_CALLS: dict[str, tuple[str, ...]] = {
     "verl.trainer.ppo.v1.trainer_base:register_trainer": ("name",),
 }
 
+#: verl's registries the plugin looks itself up in ("module:name"; the agent-loop one is private)
+REGISTRIES = {
+    "agent_loop": "verl.experimental.agent_loop.agent_loop:_agent_loop_registry",
+    "trainer": "verl.trainer.ppo.v1.trainer_base:TRAINER_REGISTRY",
+}
+
 #: TransferQueue key of one agent-loop output: ``AgentLoopWorkerTQ`` writes ``{uid}_{session_id}_{index}``, and
 #: verl's replay buffer takes the group uid as ``key.split("_")[0]`` (so a uid must not contain "_")
 ROW_KEY_FORMAT = "{uid}_{session_id}_{i}"
@@ -113,6 +120,14 @@ GLOBAL_STEP_FOLDER = "global_step_{}"
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
+def registry(kind: str):
+    """verl's registry of ``kind`` ("agent_loop" | "trainer", ``REGISTRIES``): the mapping name -> registered."""
+    import importlib
+
+    module, _, name = REGISTRIES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def split_row_key(key: str) -> tuple[str, str, str]:
     """(uid, session, output index) of a TransferQueue row key (``ROW_KEY_FORMAT``)."""
     uid, session, idx = key.rsplit("_", 2)
