@@ -154,3 +154,26 @@ def test_helpers():
     with pytest.raises(RuntimeError), vc.mini_batch_size(cfg, cfg.actor, 5):
         raise RuntimeError
     assert cfg.actor.ppo_mini_batch_size == 16
+
+
+def test_every_private_trainer_name_the_glue_uses_is_declared():
+    """A ``self._name`` in the trainer's modules that verl's trainer class defines (and the glue does not) is
+    declared in verl_compat, so the declarations cannot fall behind the code."""
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from threespo_verl.verl_glue import checkpoint, minibatch, rewards, rounds, train_metrics, trainer
+
+    ours = {n for k in trainer.ThreeSPOTrainer.__mro__ if k.__module__.startswith("threespo_verl") for n in vars(k)}
+    declared = set(vc.TRAINER_OVERRIDES) | set(vc.TRAINER_CALLS) | set(vc.TRAINER_ATTRIBUTES)
+    used = set()
+    for module in (checkpoint, minibatch, rewards, rounds, train_metrics, trainer):
+        used |= set(re.findall(r"\bself\.(_\w+)", inspect.getsource(module)))
+    verls = {n for n in used if hasattr(PPOTrainerSync, n) and (n not in ours or n in vc.TRAINER_OVERRIDES)}
+    assert verls - declared == set(), f"verl trainer names used but not declared in verl_compat: {verls - declared}"
+
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    src = inspect.getsource(rounds.RoundReplayBuffer)
+    used = set(re.findall(r"\bself\.(\w+)", src)) - set(vars(rounds.RoundReplayBuffer)) - {"_staged"}
+    declared = set(vc.REPLAY_BUFFER_OVERRIDES) | set(vc.REPLAY_BUFFER_CALLS) | set(vc.REPLAY_BUFFER_ATTRIBUTES)
+    assert used - declared == set(), f"ReplayBuffer names used but not declared in verl_compat: {used - declared}"
