@@ -226,8 +226,7 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         self._step_metrics(batch, metrics)
         metrics_log.append(self.metrics_path, global_steps, metrics, algorithm=self.algo)
 
-    # written before verl's own files and its tracker: a kill can never leave the tracker pointing at a folder
-    # without this state
+    # this state goes in before verl's files and tracker: a kill never leaves the tracker at a folder without it
     def _save_checkpoint(self):
         self.save_threespo_state(self._global_step_folder())
         return super()._save_checkpoint()
