@@ -47,7 +47,7 @@ def make_batch(rows: int, tokens: int, seed: int = 0):
         "state_key": np.array([f"room{rng.integers(0, 20)}|held{rng.integers(0, 5)}" for _ in range(rows)],
                               dtype=object),
         "parent_node_id": np.array([f"node{p}" for p in parent], dtype=object),
-        "is_pad": np.zeros(rows, dtype=bool),
+        "is_padding": np.zeros(rows, dtype=bool),
     }
     return scores, mask, meta
 

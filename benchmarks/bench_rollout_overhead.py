@@ -57,6 +57,7 @@ async def run_3spo(make_loop, tasks, budget, g_max, store):
 
     from threespo_verl.rollout.tree import Frontiers
     from threespo_verl.verl_glue.dataset import REQUEST_KEY
+    from threespo_verl.verl_glue.step_row import step_rows
     from threespo_verl.verl_glue.trainer import apply_node_rows, new_round_metrics, node_request
 
     frontiers = Frontiers(budget)
@@ -69,7 +70,7 @@ async def run_3spo(make_loop, tasks, budget, g_max, store):
                       "session_id": 0}
             t0 = time.process_time()
             outs = await make_loop().run(params, **kwargs)
-            apply_node_rows(tree, node, [o.extra_fields for o in outs], m)
+            apply_node_rows(tree, node, step_rows([o.extra_fields for o in outs]), m)
             cpu += time.process_time() - t0
         ray.get(store.commit.remote())
         rnd += 1

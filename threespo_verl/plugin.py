@@ -105,11 +105,10 @@ def _register_estimators() -> None:
 
 # ---- agent loop and trainer mode ------------------------------------------------------------------------------
 def _check_agent_loop() -> list[str]:
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
-
     from threespo_verl.verl_glue.dataset import AGENT_NAME
+    from threespo_verl.verl_glue.verl_compat import registry
 
-    return [] if AGENT_NAME in _agent_loop_registry else [f"agent loop {AGENT_NAME!r}"]
+    return [] if AGENT_NAME in registry("agent_loop") else [f"agent loop {AGENT_NAME!r}"]
 
 
 @_component("agent_loop")(_check_agent_loop)
@@ -118,11 +117,10 @@ def _register_agent_loop() -> None:
 
 
 def _check_trainer() -> list[str]:
-    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
-
     from threespo_verl.verl_glue.trainer import TRAINER_MODE
+    from threespo_verl.verl_glue.verl_compat import registry
 
-    return [] if TRAINER_MODE in TRAINER_REGISTRY else [f"v1 trainer mode {TRAINER_MODE!r}"]
+    return [] if TRAINER_MODE in registry("trainer") else [f"v1 trainer mode {TRAINER_MODE!r}"]
 
 
 @_component("trainer")(_check_trainer)

@@ -126,8 +126,10 @@ def _check_rows(tr, batch, hand_reward):
     """One row per 3-step episode: rm_scores holds each step's reward, computed here by hand from the replayed
     episode (``hand_reward(t, valid, changed, won)``), at the closing token of its action turn, and 0 everywhere
     else; the row is the episode's conversation."""
+    from threespo_verl.verl_glue.step_row import step_rows
+
     es = _rows(batch)
-    tr._row_rewards_to_tq(batch, es)
+    tr._row_rewards_to_tq(batch, step_rows(es))  # the trainer reads rows as StepRow
     scores = _fetch(batch, "rm_scores")
     masks = _fetch(batch, "response_mask")
     responses = _fetch(batch, "responses")

@@ -35,7 +35,7 @@ def _batch(rewards, lengths, width=6):
 META_3SPO = {
     "task_id": np.array(["t1", "t1", "t1", "t1", "t2", "t1"], dtype=object),
     "parent_node_id": np.array(["n0", "n0", "n0", "n7", "m0", "n0"], dtype=object),
-    "is_pad": np.array([False, False, False, False, False, True]),
+    "is_padding": np.array([False, False, False, False, False, True]),
     "round": np.array([1, 1, 1, 1, 1, 1]),
     "env_task_id": np.array(["t1", "t1", "t1", "t1", "t2", "t1"], dtype=object),
     "state_key": np.array(["k", "k", "k", "k", "k", "k"], dtype=object),
@@ -81,7 +81,7 @@ def test_gigpo_through_verl_with_dataclass_config():
         "traj_id": np.array(["a", "a", "b", "b", "c", "d"], dtype=object),
         "step_index": np.array([0, 1, 0, 1, 0, 0]),
         "state_key": np.array(["s0", "s1", "s0", "s2", "s0", "s0"], dtype=object),
-        "is_pad": np.zeros(6, dtype=bool),
+        "is_padding": np.zeros(6, dtype=bool),
     }
     scores, mask = _batch([0.0, 1.0, 0.0, 0.0, 0.0, 1.0], [2, 3, 1, 2, 4, 2])
     cfg = omega_conf_to_dataclass(_algo_cfg("algorithm=gigpo", "algorithm.gigpo.mode=mean_norm",
@@ -100,20 +100,20 @@ def test_missing_metadata_names_the_fields():
     scores, mask = _batch([1.0, 0.0], [1, 1])
     fn = get_adv_estimator_fn("3spo")
     with pytest.raises(MissingRowMetadataError, match=r"needs per-row metadata \['task_id', 'parent_node_id', "
-                                                      r"'is_pad'\].*trainer_mode=threespo"):
+                                                      r"'is_padding'\].*trainer_mode=threespo"):
         fn(token_level_rewards=scores, response_mask=mask, config=None)
-    with row_metadata({"task_id": np.array(["a", "a"]), "is_pad": np.array([False, False])}):
+    with row_metadata({"task_id": np.array(["a", "a"]), "is_padding": np.array([False, False])}):
         with pytest.raises(MissingRowMetadataError, match=r"missing per-row metadata fields \['parent_node_id'\]"):
             fn(token_level_rewards=scores, response_mask=mask, config=None)
     with row_metadata({"task_id": np.array(["a"]), "traj_id": np.array(["x"]), "step_index": np.array([0]),
-                       "state_key": np.array(["k"]), "is_pad": np.array([False])}):
+                       "state_key": np.array(["k"]), "is_padding": np.array([False])}):
         with pytest.raises(MissingRowMetadataError, match="has 1 rows but the batch has 2"):
             get_adv_estimator_fn("gigpo")(token_level_rewards=scores, response_mask=mask, config=None)
 
 
 def test_missing_merge_fields_are_named():
     scores, mask = _batch([1.0, 0.0], [1, 1])
-    meta = {"task_id": np.array(["a", "a"]), "parent_node_id": np.array(["n", "n"]), "is_pad": np.zeros(2, bool)}
+    meta = {"task_id": np.array(["a", "a"]), "parent_node_id": np.array(["n", "n"]), "is_padding": np.zeros(2, bool)}
     fn = get_adv_estimator_fn("3spo")
     with row_metadata(meta):
         fn(token_level_rewards=scores, response_mask=mask, config=None)  # enough without merging
@@ -123,10 +123,10 @@ def test_missing_merge_fields_are_named():
 
 
 def test_contract_tables():
-    assert required_fields("3spo") == ("task_id", "parent_node_id", "is_pad")
-    assert set(required_fields("3spo", merge_identical_states=True)) == {"task_id", "parent_node_id", "is_pad",
+    assert required_fields("3spo") == ("task_id", "parent_node_id", "is_padding")
+    assert set(required_fields("3spo", merge_identical_states=True)) == {"task_id", "parent_node_id", "is_padding",
                                                                           "env_task_id", "state_key"}
-    assert set(REQUIRED["gigpo"]) == {"task_id", "traj_id", "step_index", "state_key", "is_pad"}
+    assert set(REQUIRED["gigpo"]) == {"task_id", "traj_id", "step_index", "state_key", "is_padding"}
     with pytest.raises(KeyError):
         required_fields("ppo")
 
@@ -162,7 +162,7 @@ def test_every_config_form_gives_the_same_result(kind):
 
 def test_invalid_config_values_are_rejected_with_their_key():
     scores, mask = _batch([1.0, 0.0], [1, 1])
-    meta = {"task_id": np.array(["a", "a"]), "parent_node_id": np.array(["n", "n"]), "is_pad": np.zeros(2, bool),
+    meta = {"task_id": np.array(["a", "a"]), "parent_node_id": np.array(["n", "n"]), "is_padding": np.zeros(2, bool),
             "traj_id": np.array([0, 1]), "step_index": np.array([0, 0]), "state_key": np.array(["k", "k"])}
     with row_metadata(meta):
         with pytest.raises(ValueError, match="algorithm.threespo.step_adv_norm"):
@@ -177,7 +177,7 @@ def test_3spo_groups_are_scoped_by_task():
     # node ids restart per task: n0 of t1 and n0 of t2 are two groups
     scores, mask = _batch([1.0, 0.0, 0.4, 0.2], [1] * 4)
     meta = {"task_id": np.array(["t1", "t1", "t2", "t2"], dtype=object),
-            "parent_node_id": np.array([0, 0, 0, 0]), "is_pad": np.zeros(4, dtype=bool)}
+            "parent_node_id": np.array([0, 0, 0, 0]), "is_padding": np.zeros(4, dtype=bool)}
     with row_metadata(meta):
         adv, _ = get_adv_estimator_fn("3spo")(token_level_rewards=scores, response_mask=mask,
                                               config={"threespo": {"step_adv_norm": "mean"}})
@@ -199,7 +199,7 @@ def test_matches_verl_grpo_on_groups_of_two_or_more():
         uid[uid == lone[0]] = uid[0] if uid[0] != lone[0] else uid[1]
     scores, mask = _batch(rng.random(n).tolist(), rng.integers(1, 7, n).tolist())
     grpo, _ = compute_grpo_outcome_advantage(scores, mask, index=uid)
-    meta = {"task_id": np.array(["t"] * n), "parent_node_id": uid, "is_pad": np.zeros(n, dtype=bool)}
+    meta = {"task_id": np.array(["t"] * n), "parent_node_id": uid, "is_padding": np.zeros(n, dtype=bool)}
     with row_metadata(meta):
         ours, _ = get_adv_estimator_fn("3spo")(token_level_rewards=scores, response_mask=mask, index=uid)
     assert torch.allclose(ours, grpo, atol=1e-5)
@@ -211,7 +211,7 @@ def test_gigpo_through_verl_with_dictconfig_and_padding():
         "traj_id": np.array(["a", "a", "b", "b", "c", "d", "a"], dtype=object),
         "step_index": np.array([0, 1, 0, 1, 0, 0, 1]),
         "state_key": np.array(["s0", "s1", "s0", "s2", "s0", "s0", "s1"], dtype=object),
-        "is_pad": np.array([False] * 6 + [True]),
+        "is_padding": np.array([False] * 6 + [True]),
     }
     scores, mask = _batch([0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 7.0], [2, 3, 1, 2, 4, 2, 1])
     data = DataProto.from_dict(tensors={"token_level_rewards": scores, "response_mask": mask},
@@ -242,7 +242,7 @@ def test_spa_through_the_registry_hand_computed():
     scores, mask = _batch([1.0, 2.0, 3.0, 5.0, 9.0], [1] * 5)
     meta = {"task_id": np.array(["a", "a", "a", "b", "a"], dtype=object),
             "traj_id": np.array(["x", "x", "y", "z", "y"], dtype=object),
-            "step_index": np.array([0, 1, 0, 0, 1]), "is_pad": np.array([False, False, False, False, True])}
+            "step_index": np.array([0, 1, 0, 0, 1]), "is_padding": np.array([False, False, False, False, True])}
     with row_metadata(meta):
         adv, _ = get_adv_estimator_fn("spa")(token_level_rewards=scores, response_mask=mask, config=None)
     # G: x0 = 3, x1 = 2, y0 = 3; step 0 of a: mean(3, 3) = 3 -> 0, 0; step 1 of a: only x -> 0; b alone -> 0

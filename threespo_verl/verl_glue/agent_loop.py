@@ -25,11 +25,11 @@ A prompt longer than ``rollout.prompt_length`` keeps its head (system text, task
 its oldest history turns, one at a time, until it fits; the dropped turns are counted in every row's
 ``prompt_truncated``.
 
-Every output carries the same ``extra_fields`` keys (``EXTRA_KEYS``): the row metadata the trainer and the
-estimators read (``verl_glue/row_meta.py``), the reward components, what the tree needs about the child, and
-verl's ``min/max_global_steps``. ``reward_score`` is set on every output (so verl never calls a reward model);
-because verl copies the last output's score onto its siblings, the trainer takes each row's reward from
-``extra_fields["step_reward"]`` instead.
+Every output carries the same ``extra_fields`` keys (``EXTRA_KEYS``, the fields of ``step_row.StepRow``, which the
+loop builds each row as): the row metadata the trainer and the estimators read (``verl_glue/row_meta.py``), the
+reward components, what the tree needs about the child, and verl's ``min/max_global_steps``. ``reward_score`` is
+set on every output (so verl never calls a reward model); because verl copies the last output's score onto its
+siblings, the trainer takes each row's reward from ``extra_fields["step_reward"]`` instead.
 
 Environments live at module level, one ``EnvCache`` per environment configuration and worker process, because
 verl builds a new loop instance per session; a child created by an expansion stays parked in the cache, so the
@@ -39,6 +39,7 @@ followed child never replays. Model output never raises: a malformed reply is an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -54,22 +55,10 @@ from threespo_verl.io_utils import stable_seed
 from threespo_verl.rollout.expand import ActorScorer, Branch, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.trajectory import TRAJECTORY_ALGOS
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs, env_settings
+from threespo_verl.verl_glue.step_row import EXTRA_KEYS, TRAJECTORY_DEFAULTS, StepRow
 
-#: the extra_fields keys of every output (identical across outputs, as DESIGN §5 asks)
-EXTRA_KEYS = (
-    "mode", "task_id", "task_type", "traj_id", "step_index", "node_id", "parent_node_id", "state_key", "round",
-    "branch", "reply", "n_children", "n_branches", "n_score", "score", "n_total", "step_reward", "r_novel",
-    "r_score_diff", "r_success",
-    "r_penalty", "r_progress", "r_grounding", "valid_action", "parse_reason", "merged", "action", "action_text",
-    "child_state_key", "child_obs",
-    "done", "won", "timeout", "env_score", "replayed_steps", "parent_obs", "tree_id", "prompt_truncated", "pruned",
-    "min_global_steps",
-    "max_global_steps", "reward_extra_info", *(
-        # trajectory rows (algorithm=ppo | spa_ppo); the defaults below on every other output
-        "turn_ends", "turn_rewards", "turns_dropped", "turn_states", "invalid_steps"),
-)
-#: the trajectory-row keys of node and episode outputs
-TRAJECTORY_DEFAULTS = {"turn_ends": [], "turn_rewards": [], "turns_dropped": 0, "turn_states": [], "invalid_steps": 0}
+__all__ = ["EXTRA_KEYS", "TRAJECTORY_DEFAULTS", "StepRolloutAgentLoop", "branch_seed", "env_cache", "store_handle",
+           "template_shape"]
 
 logger = logging.getLogger("threespo_verl.agent_loop")
 _WARNED: dict[str, bool] = {}
@@ -201,22 +190,18 @@ class StepRolloutAgentLoop(AgentLoopBase):
         return [Sample(text=self.tokenizer.decode(o.token_ids, skip_special_tokens=True), payload=(prompt_ids, o))
                 for o in outs]
 
-    def _output(self, sample: Sample, reward: float, extra: dict[str, Any]) -> AgentLoopOutput:
+    def _output(self, sample: Sample, reward: float, row: StepRow) -> AgentLoopOutput:
         prompt_ids, tok = sample.payload
         response_ids = list(tok.token_ids) or [self.tokenizer.eos_token_id]
         logprobs = list(tok.log_probs) if tok.log_probs is not None else None
         if logprobs is not None and len(logprobs) != len(response_ids):
             logprobs = (logprobs + [0.0] * len(response_ids))[: len(response_ids)]
-        extra = {**TRAJECTORY_DEFAULTS, **extra}
-        extra["prompt_truncated"] = self._truncated
-        extra["min_global_steps"] = tok.extra_fields.get("min_global_steps")
-        extra["max_global_steps"] = tok.extra_fields.get("max_global_steps")
-        missing = set(EXTRA_KEYS) - set(extra)
-        if missing:
-            raise AssertionError(f"agent loop output lacks extra_fields {sorted(missing)}")
+        row = dataclasses.replace(row, prompt_truncated=self._truncated,
+                                  min_global_steps=tok.extra_fields.get("min_global_steps"),
+                                  max_global_steps=tok.extra_fields.get("max_global_steps"))
         fields = dict(prompt_ids=list(prompt_ids), response_ids=response_ids, response_mask=[1] * len(response_ids),
                       reward_score=float(reward), num_turns=2,
-                      metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=extra)
+                      metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=row.to_extra_fields())
         if self.rollout_config.calculate_log_probs:
             if logprobs is None:  # bypass mode would train against made-up old log-probs
                 raise RuntimeError("rollout.calculate_log_probs is set but the rollout engine returned no log-probs "
@@ -240,36 +225,36 @@ class StepRolloutAgentLoop(AgentLoopBase):
             ActorScorer(store), params, max_branches=int(req["max_branches"]),
             history_length=int(self._env.get("history_length", 2)), few_shot=bool(self._env.get("few_shot", False)),
             reasoning=bool(self._env.get("reasoning", True)), render=self._fitting_render())
-        def extra(j: int, i: int, b) -> dict[str, Any]:
-            return {
-                "mode": "node", "task_id": task.task_id, "task_type": task.task_type,
-                "traj_id": f"{node_id}/{i}", "step_index": len(prefix), "node_id": -1, "parent_node_id": node_id,
-                "state_key": exp.state_key, "round": int(req["round"]), "branch": i, "reply": j,
-                "n_children": len(exp.branches), "n_branches": exp.n_branches,
-                "n_score": exp.n_score, "score": exp.score, "n_total": exp.n_total, "step_reward": b.reward,
-                "r_novel": b.r_novel, "r_score_diff": b.r_score_diff, "r_success": b.r_success,
-                "r_penalty": b.r_penalty, "r_progress": 0.0, "r_grounding": 0.0, "valid_action": b.valid,
-                "parse_reason": b.parse_reason,
-                "merged": b.merged, "action": b.action, "action_text": b.action_text,
-                "child_state_key": b.state_key, "child_obs": b.obs_text, "done": b.done, "won": b.won,
-                "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": exp.replayed_steps,
-                "parent_obs": exp.obs_text, "tree_id": req["tree_id"], "pruned": False,
-                "reward_extra_info": {"won": float(b.won), "step_reward": b.reward},
-            }
+
+        def extra(j: int, i: int, b) -> StepRow:
+            return StepRow(
+                mode="node", task_id=task.task_id, task_type=task.task_type,
+                traj_id=f"{node_id}/{i}", step_index=len(prefix), node_id=-1, parent_node_id=node_id,
+                state_key=exp.state_key, round=int(req["round"]), branch=i, reply=j,
+                n_children=len(exp.branches), n_branches=exp.n_branches,
+                n_score=exp.n_score, score=exp.score, n_total=exp.n_total, step_reward=b.reward,
+                r_novel=b.r_novel, r_score_diff=b.r_score_diff, r_success=b.r_success,
+                r_penalty=b.r_penalty, r_progress=0.0, r_grounding=0.0, valid_action=b.valid,
+                parse_reason=b.parse_reason,
+                merged=b.merged, action=b.action, action_text=b.action_text,
+                child_state_key=b.state_key, child_obs=b.obs_text, done=b.done, won=b.won,
+                timeout=b.timeout, env_score=b.env_reward, replayed_steps=exp.replayed_steps,
+                parent_obs=exp.obs_text, tree_id=req["tree_id"], pruned=False,
+                reward_extra_info={"won": float(b.won), "step_reward": b.reward},
+            )
 
         if exp.pruned:  # a marker row: the trainer records the pruned path under the node's state (DESIGN §2.6)
             b = Branch(Sample(""), None, "", False, "pruned", 0, exp.state_key, exp.obs_text, False, False, False, 0.0)
-            return [self._marker_output(dict(extra(-1, -1, b), pruned=True))]
+            return [self._marker_output(dataclasses.replace(extra(-1, -1, b), pruned=True))]
         return [self._output(reply.sample, exp.branches[reply.branch].reward,
                              extra(j, reply.branch, exp.branches[reply.branch])) for j, reply in enumerate(exp.replies)]
 
-    def _marker_output(self, extra: dict[str, Any]) -> AgentLoopOutput:
-        """A row that carries ``extra`` only (a pruned node): one end-of-sequence token, zero reward, never trained."""
+    def _marker_output(self, row: StepRow) -> AgentLoopOutput:
+        """A row that carries ``row`` only (a pruned node): one end-of-sequence token, zero reward, never trained."""
         eos = [self.tokenizer.eos_token_id]
-        extra = {**TRAJECTORY_DEFAULTS, **extra, "prompt_truncated": self._truncated, "min_global_steps": None,
-                 "max_global_steps": None}
+        row = dataclasses.replace(row, prompt_truncated=self._truncated, min_global_steps=None, max_global_steps=None)
         fields = dict(prompt_ids=eos, response_ids=eos, response_mask=[1], reward_score=0.0, num_turns=2,
-                      metrics=AgentLoopMetrics(generate_sequences=0.0), extra_fields=extra)
+                      metrics=AgentLoopMetrics(generate_sequences=0.0), extra_fields=row.to_extra_fields())
         if self.rollout_config.calculate_log_probs:
             fields["response_logprobs"] = [0.0]
         return AgentLoopOutput(**fields)
@@ -299,21 +284,21 @@ class StepRolloutAgentLoop(AgentLoopBase):
         outputs = []
         for t, s in enumerate(steps):
             b = s.branch
-            extra = {
-                "mode": "episode", "task_id": task.task_id, "task_type": task.task_type,
-                "traj_id": f"{self._uid}/{self._session}",
-                "step_index": t, "node_id": t + 1, "parent_node_id": t, "state_key": s.state_key, "round": -1,
-                "branch": 0, "reply": 0, "n_children": 1, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0,
+            row = StepRow(
+                mode="episode", task_id=task.task_id, task_type=task.task_type,
+                traj_id=f"{self._uid}/{self._session}",
+                step_index=t, node_id=t + 1, parent_node_id=t, state_key=s.state_key, round=-1,
+                branch=0, reply=0, n_children=1, n_branches=1, n_score=1, score=0.0, n_total=0,
                 # SPA: alpha_p c_t + beta g'_t, minus the invalid-action penalty every algorithm pays (DESIGN §2.8)
-                "step_reward": (progress[t] + grounded[t] - b.r_penalty) if spa else b.reward,
-                "r_novel": 0.0, "r_score_diff": 0.0, "r_success": b.r_success, "r_penalty": b.r_penalty,
-                "r_progress": progress[t], "r_grounding": grounded[t],
-                "valid_action": b.valid, "parse_reason": b.parse_reason, "merged": 1, "action": b.action,
-                "action_text": b.action_text, "child_state_key": b.state_key, "child_obs": "", "done": b.done,
-                "won": b.won, "timeout": b.timeout, "env_score": b.env_reward, "replayed_steps": 0,
-                "parent_obs": "", "tree_id": self._uid, "pruned": False, "reward_extra_info": info,
-            }
-            outputs.append(self._output(b.sample, outcome, extra))
+                step_reward=(progress[t] + grounded[t] - b.r_penalty) if spa else b.reward,
+                r_novel=0.0, r_score_diff=0.0, r_success=b.r_success, r_penalty=b.r_penalty,
+                r_progress=progress[t], r_grounding=grounded[t],
+                valid_action=b.valid, parse_reason=b.parse_reason, merged=1, action=b.action,
+                action_text=b.action_text, child_state_key=b.state_key, child_obs="", done=b.done,
+                won=b.won, timeout=b.timeout, env_score=b.env_reward, replayed_steps=0,
+                parent_obs="", tree_id=self._uid, pruned=False, reward_extra_info=info,
+            )
+            outputs.append(self._output(b.sample, outcome, row))
         return outputs
 
     async def _spa_rewards(self, task: Task, steps, prompts, history_length: int) -> tuple[list[float], list[float]]:
@@ -384,7 +369,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
                            "tokens; its %d oldest turn(s) left the row (counted in trajectory/turns_dropped). Raise "
                            "data.max_response_length or lower env.history_length / env.max_tokens_per_step",
                            len(steps), budget, row.dropped)
-        extra = self._trajectory_extra(task, steps, row, kept, progress, grounded, last_out)
+        extra = self._trajectory_extra(task, steps, row, kept, progress, grounded, last_out).to_extra_fields()
         fields = dict(prompt_ids=row.prompt_ids, response_ids=row.response_ids, response_mask=row.response_mask,
                       reward_score=float(sum(kept)), num_turns=2 * (row.n_turns - row.first_turn),
                       metrics=AgentLoopMetrics(generate_sequences=self._gen_time), extra_fields=extra)
@@ -413,34 +398,30 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
         return sample
 
-    def _trajectory_extra(self, task: Task, steps, row, kept, progress, grounded, last_out) -> dict[str, Any]:
-        """The ``extra_fields`` of a trajectory row (every key of ``EXTRA_KEYS``)."""
+    def _trajectory_extra(self, task: Task, steps, row, kept, progress, grounded, last_out) -> StepRow:
+        """The ``StepRow`` of a trajectory row."""
         last = steps[-1].branch
         info = {"won": float(last.won), "score": last.env_reward, "episode_length": float(len(steps)),
                 "invalid_rate": sum(not s.branch.valid for s in steps) / len(steps)}
         first = steps[0]
-        extra = {
-            "mode": "trajectory", "task_id": task.task_id, "task_type": task.task_type,
-            "traj_id": f"{self._uid}/{self._session}", "step_index": len(steps) - 1, "node_id": len(steps),
-            "parent_node_id": 0, "state_key": first.state_key, "round": -1, "branch": 0, "reply": 0,
-            "n_children": 1, "n_branches": 1, "n_score": 1, "score": 0.0, "n_total": 0,
-            "step_reward": float(sum(kept)), "r_novel": 0.0, "r_score_diff": 0.0, "r_success": last.r_success,
-            "r_penalty": float(sum(s.branch.r_penalty for s in steps)), "r_progress": float(sum(progress)),
-            "r_grounding": float(sum(grounded)), "valid_action": all(s.branch.valid for s in steps),
-            "parse_reason": last.parse_reason, "merged": 1, "action": last.action, "action_text": last.action_text,
-            "child_state_key": last.state_key, "child_obs": "", "done": True, "won": last.won,
-            "timeout": last.timeout, "env_score": last.env_reward, "replayed_steps": 0, "parent_obs": "",
-            "tree_id": self._uid, "pruned": False, "reward_extra_info": info,
-            "turn_ends": list(row.turn_ends), "turn_rewards": [float(r) for r in kept], "turns_dropped": row.dropped,
-            "turn_states": [s.state_key for s in steps] + [last.state_key],
-            "invalid_steps": sum(not s.branch.valid for s in steps), "prompt_truncated": self._truncated,
-            "min_global_steps": last_out[0].extra_fields.get("min_global_steps") if last_out else None,
-            "max_global_steps": last_out[0].extra_fields.get("max_global_steps") if last_out else None,
-        }
-        missing = set(EXTRA_KEYS) - set(extra)
-        if missing:
-            raise AssertionError(f"trajectory output lacks extra_fields {sorted(missing)}")
-        return extra
+        return StepRow(
+            mode="trajectory", task_id=task.task_id, task_type=task.task_type,
+            traj_id=f"{self._uid}/{self._session}", step_index=len(steps) - 1, node_id=len(steps),
+            parent_node_id=0, state_key=first.state_key, round=-1, branch=0, reply=0,
+            n_children=1, n_branches=1, n_score=1, score=0.0, n_total=0,
+            step_reward=float(sum(kept)), r_novel=0.0, r_score_diff=0.0, r_success=last.r_success,
+            r_penalty=float(sum(s.branch.r_penalty for s in steps)), r_progress=float(sum(progress)),
+            r_grounding=float(sum(grounded)), valid_action=all(s.branch.valid for s in steps),
+            parse_reason=last.parse_reason, merged=1, action=last.action, action_text=last.action_text,
+            child_state_key=last.state_key, child_obs="", done=True, won=last.won,
+            timeout=last.timeout, env_score=last.env_reward, replayed_steps=0, parent_obs="",
+            tree_id=self._uid, pruned=False, reward_extra_info=info,
+            turn_ends=list(row.turn_ends), turn_rewards=[float(r) for r in kept], turns_dropped=row.dropped,
+            turn_states=[s.state_key for s in steps] + [last.state_key],
+            invalid_steps=sum(not s.branch.valid for s in steps), prompt_truncated=self._truncated,
+            min_global_steps=last_out[0].extra_fields.get("min_global_steps") if last_out else None,
+            max_global_steps=last_out[0].extra_fields.get("max_global_steps") if last_out else None,
+        )
 
 
 def _action_constraint(choices):

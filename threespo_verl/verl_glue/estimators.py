@@ -61,7 +61,7 @@ def _broadcast(adv_rows: np.ndarray, token_level_rewards: torch.Tensor,
 
 
 def _valid_rows(meta: dict[str, np.ndarray]) -> np.ndarray:
-    return ~np.asarray(meta[rm.IS_PAD], dtype=bool)
+    return ~np.asarray(meta[rm.IS_PADDING], dtype=bool)
 
 
 def compute_3spo_step_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index=None,

@@ -21,7 +21,8 @@ strings or ints; they need only be unique within a task (every grouping is scope
 ``parent_node_id``   tree node the row's action was sampled from: 3SPO's advantage group (Eq.4)
 ``state_key``        canonical key of the state the action was taken in (the parent's state; GiGPO's anchor)
 ``round``            expansion round (3SPO) / training step that produced the row
-``is_pad``           True for padding rows (added to divide the batch evenly): they join no group, get A = 0
+``is_padding``       True for padding rows (verl adds them to divide the batch evenly; the name of verl's own row
+                     tag): they join no group, get A = 0
 ``r_novel``          Eq.2 novelty term w*R_novel      ``r_score_diff``  Eq.2 term (0.5-w)(S(s_t)-S(s_t+1))
 ``r_success``        Eq.2 success term 0.5*1{won}     ``r_penalty``     invalid-action penalty (positive)
 ``valid_action``     the action parsed and was admissible
@@ -29,9 +30,9 @@ strings or ints; they need only be unique within a task (every grouping is scope
 
 Required per estimator (``REQUIRED``, ``required_fields``):
 
-* ``3spo``:  task_id, parent_node_id, is_pad  (+ env_task_id, state_key with ``merge_identical_states``)
-* ``gigpo``: task_id, traj_id, step_index, state_key, is_pad
-* ``spa``:   task_id, traj_id, step_index, is_pad
+* ``3spo``:  task_id, parent_node_id, is_padding  (+ env_task_id, state_key with ``merge_identical_states``)
+* ``gigpo``: task_id, traj_id, step_index, state_key, is_padding
+* ``spa``:   task_id, traj_id, step_index, is_padding
 
 The reward components and ``valid_action`` are read by no estimator (the row's reward is already the sum of the
 token-level rewards); they are part of the contract for the trainer's metrics (DESIGN §7).
@@ -53,22 +54,24 @@ NODE_ID = "node_id"
 PARENT_NODE_ID = "parent_node_id"
 STATE_KEY = "state_key"
 ROUND = "round"
-IS_PAD = "is_pad"
+#: the same name as verl's padding tag (``verl_compat.PADDING_TAG``, checked in tests/unit/test_verl_compat.py)
+IS_PADDING = "is_padding"
+IS_PAD = IS_PADDING  # the former name of the constant
 R_NOVEL = "r_novel"
 R_SCORE_DIFF = "r_score_diff"
 R_SUCCESS = "r_success"
 R_PENALTY = "r_penalty"
 VALID_ACTION = "valid_action"
 
-ALL_FIELDS = (TASK_ID, ENV_TASK_ID, TRAJ_ID, STEP_INDEX, NODE_ID, PARENT_NODE_ID, STATE_KEY, ROUND, IS_PAD, R_NOVEL,
+ALL_FIELDS = (TASK_ID, ENV_TASK_ID, TRAJ_ID, STEP_INDEX, NODE_ID, PARENT_NODE_ID, STATE_KEY, ROUND, IS_PADDING, R_NOVEL,
               R_SCORE_DIFF, R_SUCCESS, R_PENALTY, VALID_ACTION)
 
 #: what each estimator reads. 3SPO's group (Eq.4) is (task_id, parent_node_id); GiGPO's trajectory is
 #: (task_id, traj_id) and its anchor group (task_id, state_key). Ids need only be unique within a task.
 REQUIRED = {
-    "3spo": (TASK_ID, PARENT_NODE_ID, IS_PAD),
-    "gigpo": (TASK_ID, TRAJ_ID, STEP_INDEX, STATE_KEY, IS_PAD),
-    "spa": (TASK_ID, TRAJ_ID, STEP_INDEX, IS_PAD),
+    "3spo": (TASK_ID, PARENT_NODE_ID, IS_PADDING),
+    "gigpo": (TASK_ID, TRAJ_ID, STEP_INDEX, STATE_KEY, IS_PADDING),
+    "spa": (TASK_ID, TRAJ_ID, STEP_INDEX, IS_PADDING),
 }
 #: what 3SPO additionally reads with ``algorithm.threespo.merge_identical_states=true``: groups (env_task_id,
 #: state_key) over the update's rows, where state_key is the state the row's action was taken in (its parent's state)
