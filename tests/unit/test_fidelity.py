@@ -359,12 +359,15 @@ def _drive_verl_fit(cfg, n_train: int, monkeypatch) -> tuple[int, list[int], lis
 
 
 def test_item6_alfworld_3spo_recipe_ends_on_total_training_steps(monkeypatch):
-    """ALFWorld 3SPO (7,500 rounds, 3,553 training games, 16 per step): under verl's default 30 epochs its loop stops
-    after 222 x 30 = 6,660 rounds, the last checkpoint at 6,500 and the last validation at 6,500; the recipe's epoch
-    cap lets it run all 7,500 rounds and save and validate at the end."""
+    """ALFWorld 3SPO with the paper's timing (one step per expansion round: 150 x H = 7,500 rounds, as recipes/common.sh
+    says to run it; 3,553 training games, 16 per step): under verl's default 30 epochs its loop stops after 222 x 30
+    = 6,660 rounds, the last checkpoint at 6,500 and the last validation at 6,500; the recipe's epoch cap lets it run
+    all 7,500 rounds and save and validate at the end."""
     from test_recipes import compose_recipe, recipe_args, train_split_size
 
-    cfg = compose_recipe(recipe_args("recipes/alfworld/3spo_qwen2.5-1.5b.sh"))
+    paper = ["algorithm.threespo.update_mode=post_step", "algorithm.threespo.reward_stats=round",
+             "trainer.total_training_steps=7500", "trainer.save_freq=500", "trainer.test_freq=250"]
+    cfg = compose_recipe(recipe_args("recipes/alfworld/3spo_qwen2.5-1.5b.sh", *paper))
     n_train, total = train_split_size(cfg), cfg.trainer.total_training_steps
     assert (n_train, cfg.data.train_batch_size, total) == (3553, 16, 7500)
     assert (cfg.trainer.save_freq, cfg.trainer.test_freq) == (500, 250)
