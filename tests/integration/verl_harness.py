@@ -19,6 +19,10 @@ BASE_OVERRIDES = [
     "actor_rollout_ref.rollout.n=1",
     "actor_rollout_ref.rollout.calculate_log_probs=False",
     "algorithm.threespo.sample_seed=0",
+    # one update per expansion round (the paper's timing): these tests check rounds one at a time; the default
+    # (post_trajectory, reward_stats=update) is trained end to end by tests/e2e/test_learning.py
+    "algorithm.threespo.update_mode=post_step",
+    "algorithm.threespo.reward_stats=round",
     "trainer.total_training_steps=4",
     "data.seed=1",
     "data.max_prompt_length=4096",
