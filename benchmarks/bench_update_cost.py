@@ -12,10 +12,11 @@ rows (``actor/update_rows``). The first step is left out (it warms caches up); t
 
 Variants:
 
-* ``today``: the configuration before the levers: the actor recomputes old log-probs (verl's decoupled mode) and
-  a reference forward runs (``actor.use_kl_loss=true`` with ``kl_loss_coef=0``: what a KL-regularised recipe pays;
-  verl skips the reference when no KL term is used, which is this project's default).
-* ``levers``: no KL term (no reference forward) and the rollout engine's log-probs serve as old log-probs (verl's
+* ``today``: the project's CPU configuration before the levers: no KL term, so verl runs no reference forward (it
+  could not on CPU anyway: verl's FSDP2 engine shards a forward-only model with ``CPUOffloadPolicy(pin_memory=True)``,
+  and pinning memory needs an accelerator), and the actor recomputes the rollout's log-probs as old log-probs
+  (verl's decoupled mode: one extra forward over every row).
+* ``levers``: the rollout engine's log-probs serve as old log-probs (verl's
   ``algorithm.rollout_correction.bypass_mode``: one on-policy pass, PPO ratio against the sampling policy), which
   ``actor_rollout_ref.rollout.calculate_log_probs=true`` makes vLLM return with each reply.
 
@@ -35,9 +36,8 @@ from threespo_verl.verl_glue import metrics_log
 
 STAGES = ("old_log_prob", "ref", "update_actor", "update_weights")
 VARIANTS = {
-    "today": ["actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.0"],
-    "levers": ["actor_rollout_ref.actor.use_kl_loss=false", "algorithm.rollout_correction.bypass_mode=true",
-               "actor_rollout_ref.rollout.calculate_log_probs=true"],
+    "today": [],
+    "levers": ["algorithm.rollout_correction.bypass_mode=true", "actor_rollout_ref.rollout.calculate_log_probs=true"],
 }
 
 
