@@ -20,9 +20,9 @@
 
 ``tiny-qwen2``
     A tiny random Qwen2-architecture model for fast tests (2 layers, hidden 64, 2 heads of 32: vLLM refuses head
-    sizes below 32), built from a fixed seed, so every build gives the same weights. Tokenizer: the SmolLM2
-    tokenizer (the same tokenizer as ``smollm2-135m``) when that model is installed, else a small byte-level BPE
-    trained in-process with ``tokenizers`` on a fixed corpus, with the same special tokens at the same ids
+    sizes below 32), built from a fixed seed, so every build gives the same weights. Tokenizer: a small byte-level
+    BPE (1,024 tokens) trained in-process with ``tokenizers`` on a fixed corpus, whatever else is installed (with
+    ``--from SMOLLM2_FOLDER``: SmolLM2's tokenizer instead), with the same special tokens at the same ids
     (``<|endoftext|>``=0, ``<|im_start|>``=1, ``<|im_end|>``=2) and a ChatML chat template. ``tokenizer_source`` in
     the marker says which. The eos row of the output layer is biased (through a constant direction in the
     embeddings) so that sampled replies end at ``<|im_end|>`` after a few dozen tokens instead of running to the
@@ -233,7 +233,9 @@ def install(source: Path | None = None, dest: Path | None = None, name: str | No
     else:
         from threespo_verl import tiny_models
 
-        smol = Path(source).expanduser() if source else _installed_smollm2()
+        # the tokenizer is the in-process BPE unless --from names a SmolLM2 folder: never whatever happens to be
+        # installed, or the same name would build a different model (and a 20x slower one: 49k-token vocabulary)
+        smol = Path(source).expanduser() if source else None
         fingerprint = tiny_models._tiny_fingerprint(smol)
         train = None  # models trained on top of tiny-qwen2: (fingerprint tag, settings, training function)
         if name == "tiny-qwen2-actions":
@@ -268,13 +270,6 @@ def install(source: Path | None = None, dest: Path | None = None, name: str | No
             shutil.rmtree(dest)
         os.replace(out, dest)
     return dest
-
-
-def _installed_smollm2() -> Path | None:
-    try:
-        return model_path("smollm2-135m")
-    except MissingDataError:
-        return None
 
 
 #: names that moved to ``tiny_models`` and are still importable from here (``from threespo_verl.models import

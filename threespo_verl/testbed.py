@@ -7,10 +7,10 @@ training visibly moves held-out success within minutes on 2 CPU cores, through v
 * Prompts: no reasoning, one turn of history, decoding constrained to the admissible actions
   (``env.constrain_actions``), replies of about a dozen tokens.
 * Policy: ``tiny-qwen2-bc`` (``threespo-verl setup model tiny-qwen2-bc``): the tiny Qwen2 model (2 layers, hidden 64,
-  the SmolLM2 tokenizer) behaviour-cloned on *noisy* expert trajectories of ``easy_train``: at each step the expert
-  (``HouseholdEnv.plan``, which recovers from detours) acts, except that with probability ``noise`` a uniformly
-  random admissible action is taken (and cloned) instead. The clone inherits the noise: it solves about 15-20% of
-  the panel (sampling at temperature 1), room for training to show.
+  a 1,024-token byte-level BPE) behaviour-cloned on *noisy* expert trajectories of ``easy_train``: at each step the
+  expert (``HouseholdEnv.plan``, which recovers from detours) acts, except that with probability ``noise`` a
+  uniformly random admissible action is taken (and cloned) instead. The clone inherits the noise: it solves about
+  15-20% of the panel (sampling at temperature 1), room for training to show.
 
 ``BC`` holds the warm start's settings (part of the model's fingerprint); ``overrides()`` the Hydra overrides that
 put a run on the testbed. The benchmark (benchmarks/bench_learning.py), the demo and tests/e2e/test_learning.py use

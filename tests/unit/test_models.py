@@ -22,8 +22,7 @@ def data_home(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def tiny(data_home, monkeypatch):
-    # the trained-tokenizer variant: independent of whether smollm2 is installed on this machine
-    monkeypatch.setattr(M, "_installed_smollm2", lambda: None)
+    # the trained-tokenizer variant, whether or not smollm2 is installed on this machine
     return M.install(name="tiny-qwen2")
 
 
@@ -118,9 +117,11 @@ def test_smollm2_install_fixes_eos_and_greedy_reply_terminates(data_home):
         out = model.generate(**ids, max_new_tokens=64, do_sample=False)
     new = out[0, ids["input_ids"].shape[1]:].tolist()
     assert 2 in new and new.index(2) == len(new) - 1, tok.decode(new)
-    # the tiny model then shares its tokenizer
+    # an installed SmolLM2 does not change what the name tiny-qwen2 builds (its own 1,024-token BPE); --from does
     tiny = M.install(name="tiny-qwen2")
-    assert transformers.AutoTokenizer.from_pretrained(tiny).get_vocab() == tok.get_vocab()
+    assert len(transformers.AutoTokenizer.from_pretrained(tiny).get_vocab()) < 2048
+    tiny_smol = M.install(source=folder, dest=data_home / "tiny-smol", name="tiny-qwen2")
+    assert transformers.AutoTokenizer.from_pretrained(tiny_smol).get_vocab() == tok.get_vocab()
 
 
 def test_trained_tiny_models_are_recognised_by_their_marker(tmp_path, monkeypatch):
