@@ -1,7 +1,7 @@
 """Learning curves of 3SPO, GRPO, GiGPO, SPA, PPO and SPA-PPO on the CPU learning testbed, at equal env-step budgets.
 
-    python benchmarks/bench_learning.py                 # 3 seeds x 7 algorithms (about 2-3 h on 2 cores)
-    python benchmarks/bench_learning.py --algos 3spo,3spo_paper,grpo --grpo-steps 4   # about 45 min
+    python benchmarks/bench_learning.py                 # 3 seeds x 7 algorithms x 12 updates (hours; not yet run whole)
+    python benchmarks/bench_learning.py --algos 3spo,3spo_paper,grpo --grpo-steps 4 --val-every 2   # 30 min
     python benchmarks/bench_learning.py --quick         # 1 seed, a short budget: a smoke run
     python benchmarks/bench_learning.py --algos 3spo,grpo --seeds 3 --out runs/bench_learning
 
