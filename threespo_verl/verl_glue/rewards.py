@@ -17,7 +17,6 @@ from verl.workers.utils.padding import response_to_nested
 from threespo_verl.rollout.expand import rescore_rows
 from threespo_verl.rollout.trajectory import place_turn_rewards
 from threespo_verl.verl_glue import row_meta as rm
-from threespo_verl.verl_glue.config import ThreeSPOConfig
 from threespo_verl.verl_glue.step_row import StepRow
 from threespo_verl.verl_glue.verl_compat import is_padding
 
@@ -55,7 +54,7 @@ class RewardsMixin:
         session's final row: for it that row carries the episode's return (the sum of its step rewards: the outcome
         minus the invalid-action penalties, DESIGN §2.8) and the session's other rows 0."""
         rewards = [float(e.step_reward) for e in extras]
-        if self.algo == "3spo" and self.tcfg.get("reward_stats", ThreeSPOConfig.reward_stats) == "update":
+        if self.algo == "3spo" and self.tcfg.reward_stats == "update":
             rewards = self._rescored(batch, extras, rewards)
         if str(self.config.algorithm.adv_estimator) == "grpo":
             rewards = episode_returns_on_final_rows(extras, [is_padding(t) for t in batch.tags])

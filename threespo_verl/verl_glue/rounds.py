@@ -27,7 +27,6 @@ from verl.utils import tensordict_utils as tu
 from threespo_verl.envs.base import Task
 from threespo_verl.rollout.tree import ChildOutcome, TaskTree, Trajectory
 from threespo_verl.store.state_store import key_hash
-from threespo_verl.verl_glue.config import ThreeSPOConfig
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY
 from threespo_verl.verl_glue.step_row import StepRow, step_rows
 from threespo_verl.verl_glue.train_metrics import new_round_metrics
@@ -138,7 +137,7 @@ class RoundsMixin:
         """Run expansion rounds until the update condition holds (``update_mode``, ``min_update_rows``); return the
         update rows (every group of >= 2 children) and the rounds' metrics."""
         min_rows = int(self.tcfg.get("min_update_rows", 1) or 1)
-        post_trajectory = self.tcfg.get("update_mode", ThreeSPOConfig.update_mode) == "post_trajectory"
+        post_trajectory = self.tcfg.update_mode == "post_trajectory"
         max_rounds = int(self.tcfg.get("max_rounds_per_update", 0) or 0) or 10 * self.frontiers.budget
         kept: list[KVBatchMeta] = []
         acc: dict[str, list] = defaultdict(list)

@@ -56,7 +56,6 @@ from threespo_verl.rollout.tree import Frontiers
 from threespo_verl.verl_glue import metrics_log
 from threespo_verl.verl_glue import row_meta as rm
 from threespo_verl.verl_glue.checkpoint import STATE_FILE, STORE_FILE, CheckpointMixin
-from threespo_verl.verl_glue.config import ThreeSPOConfig
 from threespo_verl.verl_glue.minibatch import MiniBatchMixin, minibatch_plan
 from threespo_verl.verl_glue.rewards import MUTATION_ENV, MUTATIONS, RewardsMixin, episode_returns_on_final_rows
 from threespo_verl.verl_glue.rounds import (
@@ -123,7 +122,7 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
 
             self.store = get_or_create_store(self.tcfg.get("store_name", None) or "threespo_state_store")
             if (self.tcfg.get("merge_identical_states", False) and int(self.tcfg.get("min_update_rows", 1) or 1) <= 1
-                    and self.tcfg.get("update_mode", ThreeSPOConfig.update_mode) == "post_step"):
+                    and self.tcfg.update_mode == "post_step"):
                 logger.warning("algorithm.threespo.merge_identical_states=true has nothing to merge with one round per "
                                "update (one node per task); use update_mode=post_trajectory or min_update_rows > 1")
         self.progress_worker = None
