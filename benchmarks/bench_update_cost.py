@@ -1,10 +1,10 @@
 """Seconds per trained row of one update on CPU, before and after the update-cost levers, side by side in one run.
 
-    python benchmarks/bench_update_cost.py                       # smollm2-135m and tiny-qwen2-bc (about 25 min)
-    python benchmarks/bench_update_cost.py --models tiny-qwen2-bc --steps 2
+    python benchmarks/bench_update_cost.py                       # smollm2-135m and tiny-qwen2-bc (long on CPU)
+    python benchmarks/bench_update_cost.py --steps 2 --tasks 1 --group 4   # a small batch: about 20 min
 
 Each (model, variant) pair trains GRPO for ``--steps`` steps on the CPU learning testbed (threespo_verl/testbed.py:
-household ``easy_train``, 4 tasks x 8 episodes, replies of at most 48 tokens) through verl's real loop, and reads
+household ``easy_train``, ``--tasks`` x ``--group`` episodes per step, replies of at most 48 tokens) through verl's real loop, and reads
 verl's own stage timers from the run's metrics log: ``timing_s/old_log_prob`` (the actor's forward that recomputes the
 rollout's log-probs), ``timing_s/ref`` (the reference forward; verl runs it only with a KL term), ``timing_s/
 update_actor`` (the FSDP update) and ``timing_s/update_weights`` (the weight sync into vLLM), divided by the update's
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="smollm2-135m,tiny-qwen2-bc",
                     help="names of `threespo-verl setup model` (installed on first use) or model folders")
     ap.add_argument("--steps", type=int, default=3, help="GRPO steps per run (the first is a warm-up)")
+    ap.add_argument("--tasks", type=int, default=4, help="tasks per step (data.train_batch_size)")
+    ap.add_argument("--group", type=int, default=8, help="episodes per task (rollout.n)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_update_cost"))
     a = ap.parse_args(argv)
     from threespo_verl import models
@@ -73,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant, extra in VARIANTS.items():
             run = out / f"{label}-{variant}"
             if not (run / "done.json").exists():
-                overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", 8),
-                             f"actor_rollout_ref.model.path={path}", "data.train_batch_size=4",
+                overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", a.group),
+                             f"actor_rollout_ref.model.path={path}", f"data.train_batch_size={a.tasks}",
                              "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
                              "data.seed=0", *extra]
                 wall = testbed.run_training(overrides, run, a.steps, f"{label} {variant}")
