@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(a.seeds):
             run_dir = out / f"{algo}-seed{seed}"
             if not (run_dir / "done.json").exists():
+                if run_dir.exists():  # a run cut short (killed): start it again from scratch, not on its old log
+                    shutil.rmtree(run_dir)
                 wall = testbed.run_training(
                     [*common, *extra, f"data.seed={seed}", f"trainer.test_freq={a.val_every * scale}",
                      f"algorithm.threespo.sample_seed={seed}"],
