@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant, extra in VARIANTS.items():
             run = out / f"{label}-{variant}"
             if not (run / "done.json").exists():
+                if run.exists():  # a run cut short (killed): start it again from scratch, not on its old log
+                    shutil.rmtree(run)
                 overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", a.group),
                              f"actor_rollout_ref.model.path={path}", f"data.train_batch_size={a.tasks}",
                              "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
