@@ -50,15 +50,7 @@ def rig(cluster, overrides):
                    policy=ScriptedPolicy(p_malformed=0.2))
 
 
-def extras(batch):
-    from threespo_verl.verl_glue.trainer import _extra_fields
-
-    return _extra_fields(batch)
-
-
-def fetch(batch, field):
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
-    return [t for t in data[field]]
+extras, fetch = H.extras, H.fetch
 
 
 def test_3spo_round_on_the_counting_env(cluster):

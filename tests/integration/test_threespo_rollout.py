@@ -44,15 +44,7 @@ def rig(cluster, overrides, policy=None, name=None):
     return H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", *overrides], policy=policy)
 
 
-def extras(batch):
-    from threespo_verl.verl_glue.trainer import _extra_fields
-
-    return _extra_fields(batch)
-
-
-def fetch(batch, field):
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
-    return [t for t in data[field]]
+extras, fetch = H.extras, H.fetch
 
 
 def hand_group_norm(values):

@@ -119,3 +119,18 @@ def constant_progress_estimator(base, out, bias: float):
         pe.model.score.bias.fill_(bias)
     pe.save_pretrained(out)
     return out
+
+
+def extras(batch):
+    """The rows' extra fields (``StepRow`` dicts) of a TransferQueue batch, in key order."""
+    from threespo_verl.verl_glue.trainer import _extra_fields
+
+    return _extra_fields(batch)
+
+
+def fetch(batch, field):
+    """One TransferQueue field of every row of ``batch``, as a list in key order."""
+    import transfer_queue as tq
+
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
+    return [t for t in data[field]]
