@@ -126,7 +126,7 @@ def test_recipe_composes_and_follows_the_protocol(shell):
         assert cfg.algorithm.spa.estimator_path.endswith(f"runs/spa-{env}-{size}/pe")
         assert Path(cfg.algorithm.spa.estimator_path).is_absolute()
         assert (cfg.algorithm.spa.alpha_p, cfg.algorithm.spa.beta) == (1.0, 0.5)
-        assert cfg.algorithm.spa.grounding_guard == "normalized"  # the guard that cannot be farmed (issue 12 item 7)
+        assert cfg.algorithm.spa.grounding_guard == "normalized"  # the guard that cannot be farmed (DESIGN §3)
 
 
 def test_three_spo_gets_the_steps_of_grpo_for_the_same_env_steps():

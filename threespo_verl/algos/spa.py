@@ -106,7 +106,7 @@ def guarded_grounding(g, state_changed=None, mode: str = DEFAULT_GUARD, cap: int
       whatever its length, and executable no-ops ("look", re-clicking a selected option) earn nothing;
     * ``state_change``: g'_t = g_t * 1{the step changed the state}. Not safe: navigation ("go to X", WebShop's page
       moves) always changes the state, so the total grows with the episode's length and, with the undiscounted
-      reward-to-go, long failures outscore short successes (issue 12 item 7: two 12-step successes get A_0 = -8.56,
+      reward-to-go, long failures outscore short successes (measured: two 12-step successes get A_0 = -8.56,
       six 50-step time-outs +1.9 .. +3.4);
     * ``cap``: g'_t = g_t * 1{sum_{k <= t} g_k <= cap} (the first ``cap`` grounded steps are paid). Bounded by
       ``cap``, but safe only when ``beta * cap`` is below the outcome's weight (see below), i.e. cap <= 1 at the
