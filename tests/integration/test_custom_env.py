@@ -1,6 +1,11 @@
 """A user-defined environment (docs/custom_env.md: examples/custom_env/counting_env.py), named only by its import
 path, trains through the real verl agent loop: the Ray rollout workers import it themselves (nothing is registered
-in any process). Only the model is a scripted client (``ScriptedLLMClient``)."""
+in any process). Only the model is a scripted client (``ScriptedLLMClient``).
+
+Fault tolerance through the same loop (``tests/integration/fault_envs.py``, in env worker processes,
+``env.num_workers=1``): an env worker SIGKILLed in the middle of a 3SPO round or a GRPO step costs nothing (the
+rows are those of an undisturbed run, none lost or duplicated), and an env that keeps failing ends its branches and
+episodes as failed, counted rows while training goes on."""
 
 from __future__ import annotations
 
@@ -82,4 +87,85 @@ def test_grpo_step_on_the_counting_env(cluster):
     tr._compute_advantage(batch, {})
     adv = np.array([float(a[0]) for a in fetch(batch, "advantages")])
     assert np.isfinite(adv).all() and np.abs(adv).max() > 0
+    H.shutdown(r)
+
+
+# ---- env faults inside training ----------------------------------------------------------------------------------
+FAULTY = ["env.name=tests.integration.fault_envs:FaultyHousehold", "env.train_split=train", "env.eval_panel=test",
+          "env.max_steps=6", "env.num_workers=1"]
+
+
+def faulty_rig(cluster, markers: Path, overrides):
+    model, root = cluster
+    name = uuid.uuid4().hex[:8]
+    return H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", *FAULTY,
+                                        f"env.data_dir={markers}", *overrides],
+                   policy=ScriptedPolicy(p_malformed=0.2))
+
+
+def _round(cluster, markers, kill: bool):
+    r = faulty_rig(cluster, markers, [])
+    tr = r.trainer
+    tr._refill()
+    if kill:
+        (markers / "kill").touch()
+    update, m = tr.run_round(tr.frontiers.requests())
+    rows = sorted((e["tree_id"], e["parent_node_id"], e["reply"], e["action_text"],
+                   e["child_state_key"], e["step_reward"], e["env_failed"]) for e in extras(update))
+    store = ray.get(tr.store.stats.remote())
+    H.shutdown(r)
+    return rows, m, store
+
+
+def test_env_worker_killed_mid_round_loses_no_row(cluster, tmp_path):
+    calm, m0, store0 = _round(cluster, tmp_path, kill=False)
+    rows, m, store = _round(cluster, tmp_path, kill=True)
+    assert not (tmp_path / "kill").exists(), "the env worker was not killed"
+    # the same rows as the undisturbed round: nothing lost, nothing duplicated, nothing failed
+    assert rows == calm and len(rows) == len(set(rows)) > 0
+    assert m["failed"] == m0["failed"] == 0 and m["env_failures"] == 0 and m["expanded"] == 2
+    assert store == store0
+
+
+def test_env_worker_killed_mid_grpo_step_loses_no_episode(cluster, tmp_path):
+    r = faulty_rig(cluster, tmp_path, ["algorithm=grpo", "actor_rollout_ref.rollout.n=4"])
+    tr = r.trainer
+    (tmp_path / "kill").touch()
+    tr.prepare_step()
+    batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+    assert not (tmp_path / "kill").exists(), "the env worker was not killed"
+    es = extras(batch)
+    episodes = {}
+    for key, e in zip(batch.keys, es):
+        uid, session, idx = key.rsplit("_", 2)
+        episodes.setdefault((uid, session), []).append((int(idx), e))
+    assert len(episodes) == 8  # 2 tasks x rollout.n = 4 episodes, every one complete
+    for rows in episodes.values():
+        steps = [e["step_index"] for _, e in sorted(rows, key=lambda x: x[0])]
+        assert steps == list(range(len(steps)))
+        assert sorted(rows, key=lambda x: x[0])[-1][1]["done"]
+    assert not any(e["env_failed"] for e in es)
+    H.shutdown(r)
+
+
+def test_failing_env_gives_counted_failed_rows_and_training_goes_on(cluster, tmp_path):
+    (tmp_path / "fail").touch()
+    r = faulty_rig(cluster, tmp_path, [])
+    tr = r.trainer
+    tr._refill()
+    update, m = tr.run_round(tr.frontiers.requests())
+    es = extras(update)
+    # every first step fails twice: each root's distinct children are failed, terminal, unwon rows
+    assert es and all(e["env_failed"] and e["done"] and not e["won"] for e in es)
+    assert m["env_failures"] == len({(e["tree_id"], e["branch"]) for e in es}) and m["failed"] == 0
+    tr._compute_advantage(update, {})
+    assert np.isfinite([float(a[0]) for a in fetch(update, "advantages")]).all()
+    H.shutdown(r)
+    r = faulty_rig(cluster, tmp_path, ["algorithm=grpo", "actor_rollout_ref.rollout.n=4"])
+    tr = r.trainer
+    tr.prepare_step()
+    batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+    es = extras(batch)
+    assert len(es) == 8 and all(e["env_failed"] and e["done"] and e["step_index"] == 0 for e in es)
+    assert tr._episode_metrics(batch)["env/failures"] == 8
     H.shutdown(r)

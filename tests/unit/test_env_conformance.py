@@ -3,6 +3,8 @@ what is wrong with an environment that breaks it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from threespo_verl.envs import EnvCheckError, available, check_env, make
@@ -49,7 +51,7 @@ def test_restore_through_the_cache_equals_replay(env_factory):
     replay.reset(task)
     for a in prefix:
         replay.step(a)
-    via_cache = EnvCache(lambda: env_factory(max_steps=50)).acquire(task, prefix)
+    via_cache = asyncio.run(EnvCache(lambda: env_factory(max_steps=50)).acquire(task, prefix))
     assert via_cache.observation == replay.observation
 
 

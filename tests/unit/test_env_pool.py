@@ -1,34 +1,65 @@
-"""EnvPool: parallel steps equal sequential ones; a killed worker loses nothing; a poisoned step is reported."""
+"""EnvPool: remote environments equal in-process ones; requests of many sessions are multiplexed without blocking
+the event loop; a killed worker or a raising engine costs one retry, a second failure is one ``EnvFailure``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from threespo_verl.envs import make
 from threespo_verl.envs.household import HouseholdEnv
-from threespo_verl.envs.pool import EnvPool
+from threespo_verl.envs.pool import EnvFailure, EnvPool, LocalEnv
+from threespo_verl.envs.restore import EnvCache
+from threespo_verl.rollout.expand import LocalScorer, Sample, ScoreParams, expand_node, play_episode
+from threespo_verl.store.state_store import StateStore
+
+HERE = "tests.unit.test_env_pool"
 
 
-class CrashOnCommand(HouseholdEnv):
-    """Test env: the household game whose worker process dies (os._exit) on the command 'crash'."""
+class FailOn(HouseholdEnv):
+    """Test env: the household game that raises on the command ``fail`` while ``marker`` exists (the marker is
+    deleted by the first failure when ``once``), and whose worker dies (os._exit) on ``crash``."""
+
+    def __init__(self, marker: str = "", once: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.marker, self.once = marker, once
 
     def step(self, action):
         if action == "crash":
             os._exit(3)
+        if action == "fail" and self.marker and Path(self.marker).exists():
+            if self.once:
+                Path(self.marker).unlink()
+            raise ValueError("engine error")
         return super().step(action)
 
 
-def _sequential(tasks, plans):
-    out = []
-    for task, plan in zip(tasks, plans):
-        env = make("household", max_steps=30)
-        env.reset(task)
-        out.append([env.step(a) for a in plan])
-    return out
+class Slow(HouseholdEnv):
+    """Test env: every step takes 0.3 s of wall time in its worker."""
+
+    def step(self, action):
+        time.sleep(0.3)
+        return super().step(action)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def sequence_sampler(replies):
+    """The replies in order, one per sampled reply, across calls."""
+    it = iter(replies)
+
+    async def sample(messages, n, choices=()):
+        return [Sample(next(it)) for _ in range(n)]
+
+    return sample
 
 
 @pytest.fixture(scope="module")
@@ -49,61 +80,196 @@ def tasks_and_plans():
     return tasks, plans
 
 
-def _run(pool, tasks, plans, before_step=None):
-    handles = [pool.reset(t)[0] for t in tasks]
-    got = [[] for _ in tasks]
-    for k in range(max(len(p) for p in plans)):
-        if before_step:
-            before_step(k)
-        reqs = [(h, p[k]) for h, p in zip(handles, plans) if k < len(p)]
-        owners = [i for i, p in enumerate(plans) if k < len(p)]
-        for i, res in zip(owners, pool.step_many(reqs)):
-            assert res.error is None, res.error
-            got[i].append((res.observation, res.reward, res.terminated, res.truncated, res.info))
-    return got
+def _sequential(tasks, plans):
+    out = []
+    for task, plan in zip(tasks, plans):
+        env = make("household", max_steps=30)
+        out.append([env.reset(task)[0], *[env.step(a) for a in plan]])
+    return out
 
 
-def test_parallel_equals_sequential(tasks_and_plans):
+async def _play_all(pool, tasks, plans, hook=None):
+    """Every task as its own session, concurrently; ``hook(i, k)`` runs before session i's step k."""
+
+    async def session(i):
+        env = pool.env()
+        got = [(await env.reset(tasks[i]))[0]]
+        for k, a in enumerate(plans[i]):
+            if hook:
+                await hook(i, k, env)
+            got.append(await env.step(a))
+        env.close()
+        return got
+
+    return list(await asyncio.gather(*[session(i) for i in range(len(tasks))]))
+
+
+def test_concurrent_sessions_equal_in_process_play(tasks_and_plans):
     tasks, plans = tasks_and_plans
-    with EnvPool("household", {"max_steps": 30}, num_workers=2) as pool:
-        got = _run(pool, tasks, plans)
-        assert pool.stats["restarts"] == 0
+    pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
+    try:
+        got = run(_play_all(pool, tasks, plans))
+        assert pool.stats["failures"] == pool.stats["retries"] == pool.stats["restarts"] == 0
+    finally:
+        pool.close()
     assert got == _sequential(tasks, plans)
 
 
-def test_killed_worker_is_restarted_and_the_step_retried(tasks_and_plans):
+def test_a_killed_worker_costs_one_retry_and_no_result(tasks_and_plans):
     tasks, plans = tasks_and_plans
-    with EnvPool("household", {"max_steps": 30}, num_workers=2) as pool:
+    pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
 
-        def kill_at_3(k):
-            if k == 3:
-                os.kill(pool.worker_pids()[0], signal.SIGKILL)
+    async def kill_once(i, k, env):
+        if i == 0 and k == 2:
+            os.kill(pool.worker_pids()[env.worker], signal.SIGKILL)
+            await asyncio.sleep(0.2)
 
-        got = _run(pool, tasks, plans, before_step=kill_at_3)
-        assert pool.stats["restarts"] == 1 and pool.stats["retried_steps"] > 0
-        assert pool.stats["replayed_steps"] > 0 and pool.stats["failed_steps"] == 0
+    try:
+        got = run(_play_all(pool, tasks, plans, kill_once))
+        assert pool.stats["restarts"] == 1 and pool.stats["failures"] == 0
+        assert pool.stats["replayed_steps"] >= 2  # session 0's env rebuilt by replaying its 2 steps
+    finally:
+        pool.close()
     assert got == _sequential(tasks, plans)
 
 
-def test_a_step_that_kills_its_worker_twice_is_reported_not_lost():
+def test_raising_engine_is_retried_once_then_fails(tmp_path):
     task = make("household").tasks("train")[0]
-    with EnvPool(factory=CrashOnCommand, env_kwargs={"max_steps": 30}, num_workers=1) as pool:
-        h1, _ = pool.reset(task)
-        h2, _ = pool.reset(task)
-        res = pool.step_many([(h1, "look"), (h2, "crash")])
-        assert all(r.retried for r in res)
-        assert res[1].error and "crashed twice" in res[1].error
-        assert pool.stats["failed_steps"] == 2 and pool.stats["restarts"] == 2
-        # the pool is still usable afterwards, the good env at its pre-step state
-        (ok,) = pool.step_many([(h1, "look")])
-        assert ok.error is None and ok.info["valid"]
+    marker = tmp_path / "fail"
+    for once, failures in ((True, 0), (False, 1)):
+        marker.touch()
+        pool = EnvPool(f"{HERE}:FailOn", {"max_steps": 30, "marker": str(marker), "once": once}, num_workers=1)
+        try:
+            env = pool.env()
+            run(env.reset(task))
+
+            async def go():
+                await env.step("look")
+                return await env.step("fail")
+
+            if failures:
+                with pytest.raises(EnvFailure, match="engine error"):
+                    run(go())
+            else:
+                obs, _r, _t, _tr, info = run(go())
+                assert not info["valid"]  # the retried step ran on the env rebuilt after 'look'
+            assert pool.stats["retries"] == 1 and pool.stats["failures"] == failures
+        finally:
+            pool.close()
 
 
-def test_memory_budget_restarts_a_worker(tasks_and_plans):
+def test_worker_dying_twice_is_one_counted_failure():
+    task = make("household").tasks("train")[0]
+    pool = EnvPool(f"{HERE}:FailOn", {"max_steps": 30}, num_workers=1)
+    try:
+        env = pool.env()
+        run(env.reset(task))
+        with pytest.raises(EnvFailure):
+            run(env.step("crash"))
+        assert pool.stats["retries"] == 1 and pool.stats["failures"] == 1
+        # the pool goes on: the dead worker is restarted (the second restart) and the same env, rebuilt, steps again
+        assert run(env.step("look"))[4]["valid"] and pool.stats["restarts"] == 2
+    finally:
+        pool.close()
+
+
+def test_env_steps_do_not_block_the_event_loop():
+    """While a worker steps (0.3 s each), another coroutine on the same loop keeps running; 2 workers overlap."""
+    tasks = make("household").tasks("train")[:2]
+    pool = EnvPool(f"{HERE}:Slow", {"max_steps": 30}, num_workers=2)
+    try:
+        async def main():
+            envs = [pool.env(), pool.env()]
+            await asyncio.gather(*[e.reset(t) for e, t in zip(envs, tasks)])
+            ticks = 0
+            stop = False
+
+            async def ticker():
+                nonlocal ticks
+                while not stop:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            tick = asyncio.create_task(ticker())
+            t0 = time.perf_counter()
+            await asyncio.gather(*[e.step("look") for e in envs for _ in range(1)])
+            elapsed = time.perf_counter() - t0
+            stop = True
+            await tick
+            return ticks, elapsed, {e.worker for e in envs}
+
+        ticks, elapsed, workers = run(main())
+    finally:
+        pool.close()
+    assert workers == {0, 1}  # spread by load
+    assert ticks >= 5  # the loop ran while both envs stepped
+    assert elapsed < 0.55  # two 0.3 s steps on two workers overlapped (sequential would take 0.6 s)
+
+
+def test_remote_clone_and_cache_restores_equal_replay():
+    task = make("household").tasks("train")[3]
+    plan = make("household").oracle_actions(task)[:3]
+    ref = make("household", max_steps=30)
+    ref.reset(task)
+    for a in plan:
+        ref.step(a)
+    pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
+    try:
+        cache = EnvCache(pool.env)
+
+        async def go():
+            env = await cache.acquire(task, plan[:1])
+            cache.release(task, plan[:1], env)
+            twin = await cache.acquire(task, plan)  # cloned from the parked ancestor, advanced by 2 steps
+            return env, twin
+
+        env, twin = run(go())
+        assert twin.observation == ref.observation and twin.worker == env.worker
+        assert cache.stats["clones"] == 1 and cache.stats["replayed_steps"] == 1 + 2
+    finally:
+        pool.close()
+
+
+def test_a_failed_branch_is_a_counted_row_not_an_exception(tmp_path):
+    """expand_node through the pool: the branch whose step fails twice ends as a failed child (env_failed, terminal,
+    not won, state unchanged); the other branches and every reply's row are there."""
+    marker = tmp_path / "fail"
+    marker.touch()
+    pool = EnvPool(f"{HERE}:FailOn", {"max_steps": 30, "marker": str(marker), "once": False}, num_workers=1)
+    task = make("household").tasks("train")[0]
+    store = StateStore()
+    try:
+        # the first distinct action steps the node's own env (FailOn); later ones step clones (plain household)
+        replies = ["<action>fail</action>", "<action>look</action>", "<action>fail</action>"]
+        exp = run(expand_node(task, (), [], EnvCache(pool.env), sequence_sampler(replies), LocalScorer(store),
+                              ScoreParams(g_max=3)))
+        assert len(exp.replies) == 3 and len(exp.branches) == 2
+        failed = [b for b in exp.branches if b.env_failed]
+        assert len(failed) == 1 and failed[0].done and not failed[0].won and failed[0].merged == 2
+        assert failed[0].state_key == exp.state_key and failed[0].r_penalty == 0.0
+        episode = sequence_sampler(["<action>look</action>", "<action>fail</action>"])
+        steps = run(play_episode(task, pool.env(), episode))
+        assert len(steps) == 2 and steps[-1].branch.env_failed and steps[-1].branch.r_success == 0.0
+    finally:
+        pool.close()
+
+
+def test_local_env_retries_like_a_worker(tmp_path):
+    marker = tmp_path / "fail"
+    marker.touch()
+    env = LocalEnv(FailOn(marker=str(marker), once=True, max_steps=30))
+    run(env.reset(make("household").tasks("train")[0]))
+    assert not run(env.step("fail"))[4]["valid"] and env.stats["retries"] == 1 and env.stats["failures"] == 0
+
+
+def test_memory_budget_restarts_an_idle_worker(tasks_and_plans):
     tasks, plans = tasks_and_plans
-    with EnvPool("household", {"max_steps": 30}, num_workers=1, max_worker_mb=1) as pool:
-        got = _run(pool, tasks[:2], plans[:2])
-        assert pool.stats["restarts"] >= 1
+    pool = EnvPool("household", {"max_steps": 30}, num_workers=1, max_worker_mb=1)
+    try:
+        got = run(_play_all(pool, tasks[:2], plans[:2]))
+        assert pool.stats["restarts"] >= 1 and pool.stats["failures"] == 0
+    finally:
+        pool.close()
     assert got == _sequential(tasks[:2], plans[:2])
 
 
@@ -111,11 +277,11 @@ def test_alfworld_through_the_pool_matches_in_process(alfworld_data):
     env = make("alfworld", data_dir=alfworld_data, max_steps=50)
     task = env.tasks("valid_unseen")[0]
     plan = env.walkthrough(task)
-    env.reset(task)
-    expected = [env.step(a) for a in plan]
+    expected = [env.reset(task)[0], *[env.step(a) for a in plan]]
     env.close()
-    with EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1) as pool:
-        h, _obs = pool.reset(task)
-        got = [pool.step_many([(h, a)])[0] for a in plan]
-    assert [(r.observation, r.reward, r.terminated, r.truncated, r.info) for r in got] == expected
-    assert got[-1].info["won"]
+    pool = EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1)
+    try:
+        got = run(_play_all(pool, [task], [plan]))[0]
+    finally:
+        pool.close()
+    assert got == expected and got[-1][4]["won"]

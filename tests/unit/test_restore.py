@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from threespo_verl.envs import make
@@ -20,6 +22,10 @@ def task():
     return make("household").tasks("train")[42]
 
 
+def run(coro):
+    return asyncio.run(coro)
+
+
 def _prefix(task, n):
     env = make("household")
     return env.oracle_actions(task)[:n]
@@ -29,11 +35,11 @@ def _prefix(task, n):
 def test_followed_child_never_replays(cls, task):
     cache = EnvCache(lambda: cls(max_steps=30), max_envs=8)
     plan = _prefix(task, 3)
-    env = cache.acquire(task, [])
+    env = run(cache.acquire(task, []))
     for i, action in enumerate(plan):
-        env.step(action)
+        run(env.step(action))
         cache.release(task, plan[: i + 1], env)
-        env = cache.acquire(task, plan[: i + 1])
+        env = run(cache.acquire(task, plan[: i + 1]))
     assert cache.stats["replayed_steps"] == 0 and cache.stats["created"] == 1
 
 
@@ -45,7 +51,7 @@ def test_acquire_equals_fresh_play(cls, task):
     fresh.reset(task)
     for a in plan:
         fresh.step(a)
-    env = cache.acquire(task, plan)
+    env = run(cache.acquire(task, plan))
     assert env.observation == fresh.observation
     assert cache.stats["replayed_steps"] == len(plan) and cache.stats["replays"] == 1
 
@@ -53,13 +59,13 @@ def test_acquire_equals_fresh_play(cls, task):
 def test_clone_from_parked_node_and_ancestor(task):
     cache = EnvCache(lambda: HouseholdEnv(max_steps=30), max_envs=8)
     plan = _prefix(task, 3)
-    env = cache.acquire(task, plan[:1])
+    env = run(cache.acquire(task, plan[:1]))
     cache.release(task, plan[:1], env)
     # two siblings at the parked node: both clones, the parked original stays
-    a, b = cache.acquire(task, plan[:1]), cache.acquire(task, plan[:1])
+    a, b = run(cache.acquire(task, plan[:1])), run(cache.acquire(task, plan[:1]))
     assert a is not b and a.observation == b.observation and cache.stats["clones"] == 2 and len(cache) == 1
     # a descendant: cloned from the ancestor and advanced by the missing suffix
-    c = cache.acquire(task, plan)
+    c = run(cache.acquire(task, plan))
     assert cache.stats["replayed_steps"] == 1 + 2  # 1 step to build the parked node, then the 2-step suffix
     ref = make("household")
     ref.reset(task)
@@ -82,4 +88,4 @@ def test_lru_eviction_and_drop_task(task):
 def test_replay_that_ends_the_episode_is_an_error(task):
     cache = EnvCache(lambda: _NoCloneHousehold(max_steps=2), max_envs=2)
     with pytest.raises(RuntimeError, match="ended the episode early"):
-        cache.acquire(task, ["look", "look", "look"])
+        run(cache.acquire(task, ["look", "look", "look"]))

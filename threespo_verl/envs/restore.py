@@ -10,40 +10,43 @@ positioned at a node:
   further branch, and a parked ancestor is cloned and advanced by the missing suffix;
 * else the environment is reset and the prefix replayed (``replayed_steps`` counts those env steps).
 
-Usage (one expansion of node ``prefix`` with n branches; a node is expanded once, so its parked environment is
-taken, not copied)::
+The environments are ``AsyncEnv``\\ s (``envs/pool.py``): the factory builds a ``TextEnv`` (run in this process)
+or an env worker's ``RemoteEnv``, so restores and clones run where the environment lives. Usage (one expansion of
+node ``prefix`` with n branches; a node is expanded once, so its parked environment is taken, not copied)::
 
-    env = cache.acquire(task, prefix, take=True)
-    envs = [env, *cache.siblings(task, prefix, env, n - 1)]   # clones where possible; each owned by its branch
+    env = await cache.acquire(task, prefix, take=True)
+    envs = [env, *await cache.siblings(task, prefix, env, n - 1)]   # clones where possible; one per branch
     for env, action in zip(envs, actions):
-        env.step(action)
-        cache.release(task, (*prefix, action), env)          # parked at the child node
+        await env.step(action)
+        cache.release(task, (*prefix, action), env)                 # parked at the child node
 
 The cache is an LRU bounded by ``max_envs`` parked environments (``close()``\\ d on eviction).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from threespo_verl.envs.base import Task, TextEnv
+from threespo_verl.envs.pool import AsyncEnv, as_async
 
 NodeKey = tuple[str, tuple[str | None, ...]]
 
 
 class EnvCache:
-    def __init__(self, factory: Callable[[], TextEnv], max_envs: int = 64) -> None:
+    def __init__(self, factory: Callable[[], TextEnv | AsyncEnv], max_envs: int = 64) -> None:
         if max_envs < 1:
             raise ValueError("max_envs must be >= 1")
         self._factory = factory
         self._max = max_envs
-        self._parked: OrderedDict[NodeKey, list[TextEnv]] = OrderedDict()
+        self._parked: OrderedDict[NodeKey, list[AsyncEnv]] = OrderedDict()
         self._n_parked = 0
         self.stats = {"hits": 0, "clones": 0, "replays": 0, "replayed_steps": 0, "evictions": 0, "created": 0}
 
     # ---- public API --------------------------------------------------------------------------------------------
-    def acquire(self, task: Task, prefix: Sequence[str | None], take: bool = False) -> TextEnv:
+    async def acquire(self, task: Task, prefix: Sequence[str | None], take: bool = False) -> AsyncEnv:
         """An environment at the node (task, prefix), owned by the caller until ``release``\\ d.
 
         ``take=True`` hands over a parked environment itself (a node that will not be asked for again); otherwise a
@@ -59,30 +62,30 @@ class EnvCache:
                 # keep the original parked so siblings can clone it too
                 self._park(key, env)
                 self.stats["clones"] += 1
-                return env.clone()
+                return await env.clone()
             self.stats["hits"] += 1
             return env
         # nearest parked ancestor that can be cloned and advanced
         for cut in range(len(key[1]) - 1, -1, -1):
             anc = self._parked.get((key[0], key[1][:cut]))
             if anc and anc[-1].supports_clone:
-                env = anc[-1].clone()
+                env = await anc[-1].clone()
                 self.stats["clones"] += 1
-                self._advance(env, key[1][cut:])
+                await self._advance(env, key[1][cut:])
                 return env
-        return self._replay(task, key[1])
+        return await self._replay(task, key[1])
 
-    def siblings(self, task: Task, prefix: Sequence[str | None], env: TextEnv, k: int) -> list[TextEnv]:
+    async def siblings(self, task: Task, prefix: Sequence[str | None], env: AsyncEnv, k: int) -> list[AsyncEnv]:
         """``k`` more environments at the node where ``env`` (not yet stepped) stands: clones of it where the engine
-        can clone, else from the cache (parked ones, or reset + replay)."""
+        can clone, else from the cache (parked ones, or reset + replay, concurrently where env workers run them)."""
         if env.supports_clone:
             self.stats["clones"] += k
-            return [env.clone() for _ in range(k)]
-        return [self.acquire(task, prefix) for _ in range(k)]
+            return list(await asyncio.gather(*[env.clone() for _ in range(k)]))
+        return list(await asyncio.gather(*[self.acquire(task, prefix) for _ in range(k)]))
 
-    def release(self, task: Task, prefix: Sequence[str | None], env: TextEnv) -> None:
+    def release(self, task: Task, prefix: Sequence[str | None], env: AsyncEnv | TextEnv) -> None:
         """Park ``env`` (positioned at the end of ``prefix``) for later ``acquire`` of that node."""
-        self._park((task.task_id, tuple(prefix)), env)
+        self._park((task.task_id, tuple(prefix)), as_async(env))
 
     def drop_task(self, task_id: str) -> None:
         """Close every parked environment of a finished task."""
@@ -102,7 +105,7 @@ class EnvCache:
         self._n_parked = 0
 
     # ---- internals ---------------------------------------------------------------------------------------------
-    def _park(self, key: NodeKey, env: TextEnv) -> None:
+    def _park(self, key: NodeKey, env: AsyncEnv) -> None:
         self._parked.setdefault(key, []).append(env)
         self._parked.move_to_end(key)
         self._n_parked += 1
@@ -114,17 +117,17 @@ class EnvCache:
             if not envs:
                 del self._parked[old_key]
 
-    def _replay(self, task: Task, prefix: tuple[str | None, ...]) -> TextEnv:
-        env = self._factory()
+    async def _replay(self, task: Task, prefix: tuple[str | None, ...]) -> AsyncEnv:
+        env = as_async(self._factory())
         self.stats["created"] += 1
-        env.reset(task)
+        await env.reset(task, prefix)  # one call: where the env lives in a worker, the replay runs there
         self.stats["replays"] += 1 if prefix else 0
-        self._advance(env, prefix)
+        self.stats["replayed_steps"] += len(prefix)
         return env
 
-    def _advance(self, env: TextEnv, actions: Sequence[str | None]) -> None:
+    async def _advance(self, env: AsyncEnv, actions: Sequence[str | None]) -> None:
         for action in actions:
-            _obs, _r, terminated, truncated, _info = env.step(action)
+            _obs, _r, terminated, truncated, _info = await env.step(action)
             self.stats["replayed_steps"] += 1
             if terminated or truncated:
                 raise RuntimeError("replaying a node's action prefix ended the episode early; the prefix is not a "

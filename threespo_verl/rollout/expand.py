@@ -7,7 +7,9 @@ exploration benchmark and in the tests:
   admissible actions of the state (a policy may constrain its decoding to them, see ``env.constrain_actions``, or
   ignore them). The agent loop backs it with ``server_manager.generate``; the benchmark with a scripted policy.
   ``Sample.payload`` carries whatever the caller needs back (token ids, log-probs) untouched.
-* an ``EnvCache`` (``envs/restore.py``) that puts environments into a node's state;
+* an ``EnvCache`` (``envs/restore.py``) that puts environments into a node's state; every env call is awaited
+  (``envs/pool.py``: in this process or in env worker processes), and the children of an expansion step
+  concurrently;
 * a ``Scorer`` returning (N_total, N_success) per state key and t from the state store's *last commit*.
 
 Expansion of node s_t (3SPO)::
@@ -21,11 +23,15 @@ Expansion of node s_t (3SPO)::
              (``score_diff``) and the store is read per (task, state) (``state_scope``), DESIGN §2.1-2.2.
 
 A malformed reply is an invalid action (``action=None``): the environment counts the step, nothing changes, and Eq.2
-subtracts the penalty. Nothing here raises on model output.
+subtracts the penalty. Nothing here raises on model output. An environment step that fails twice (``EnvFailure``:
+the engine raised or its worker died, see ``envs/pool.py``) ends its branch or episode as a failed step
+(``Branch.env_failed``: terminal, not won, the state unchanged, no invalid-action penalty for a parsed action), so
+the reply keeps its row and is counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -35,9 +41,10 @@ import numpy as np
 from threespo_verl.algos.threespo import (StepReward, branching, state_score, step_reward,
                                           untruncated_state_score)
 from threespo_verl.envs.actions import DEFAULT_PARSER, ActionParser
-from threespo_verl.envs.base import Observation, Task
+from threespo_verl.envs.base import Observation, Task, TextEnv
 from threespo_verl.envs.prompts import render_prompt
 from threespo_verl.envs.restore import EnvCache
+from threespo_verl.envs.pool import AsyncEnv, EnvFailure, as_async
 from threespo_verl.store.state_store import STATE_SCOPES, scoped_keys
 
 #: ``algorithm.threespo.score_diff``: the score Eq.2's difference term uses (DESIGN §2.2)
@@ -154,6 +161,7 @@ class Branch:
     r_score_diff: float = 0.0
     r_success: float = 0.0
     r_penalty: float = 0.0
+    env_failed: bool = False  # the env step failed twice (``EnvFailure``): a terminal, failed step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +202,29 @@ def shown_action(action: str | None, reply: str) -> str:
     return text[:INVALID_ACTION_SHOWN] if text else "(no action)"
 
 
+async def _step(env: AsyncEnv, action: str | None):
+    """``env.step(action)``, or ``(None, reason)`` when it failed twice (``EnvFailure``)."""
+    try:
+        return await env.step(action), None
+    except EnvFailure as exc:
+        return None, str(exc)
+
+
+def _branch(sample: Sample, parsed, count: int, obs: Observation, result, error: str | None) -> Branch:
+    """The child of one distinct reply from its env step ``result`` (or the ``error`` of a failed step)."""
+    action_text = shown_action(parsed.action, sample.text)
+    if error is not None:
+        return Branch(sample=sample, action=parsed.action, action_text=action_text, valid=parsed.action is not None,
+                      parse_reason=parsed.reason, merged=count, state_key=obs.state_key,
+                      obs_text=f"(the environment failed: {error})", done=True, won=False, timeout=False,
+                      env_reward=0.0, env_failed=True)
+    cobs, env_r, terminated, truncated, info = result
+    return Branch(sample=sample, action=parsed.action, action_text=action_text, valid=bool(info["valid"]),
+                  parse_reason=parsed.reason, merged=count, state_key=cobs.state_key, obs_text=cobs.text,
+                  done=bool(terminated or truncated), won=bool(info["won"]), timeout=bool(truncated),
+                  env_reward=float(env_r))
+
+
 def _merge_key(action: str | None, reply: str) -> str:
     # valid actions merge by their normalised text; malformed replies by their own text
     return f"a:{action}" if action is not None else f"r:{' '.join(str(reply).split())}"
@@ -207,7 +238,7 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
     """Expand the node reached by ``prefix`` (see module docstring). ``history`` are the (observation, action)
     pairs that led to it, for the prompt. Environments end parked in ``cache`` at the children's nodes."""
     replayed_before = cache.stats["replayed_steps"]
-    env = cache.acquire(task, prefix, take=True)  # a node is expanded once: take its parked environment
+    env = await cache.acquire(task, prefix, take=True)  # a node is expanded once: take its parked environment
     obs: Observation = env.observation
     n_t, s_t, t = await scorer.lookup(params.store_keys(task.task_id, [obs.state_key]))
     score_t = float(params.score(n_t, s_t, t)[0])
@@ -231,15 +262,12 @@ async def expand_node(task: Task, prefix: Sequence[str | None], history: Sequenc
         distinct[k] = (first[0], first[1], first[2] + 1) if first else (rep, parsed, 1)
         reply_rows.append(Reply(rep, list(distinct).index(k)))
     branches: list[Branch] = []
-    envs = [env, *cache.siblings(task, prefix, env, len(distinct) - 1)]
-    for benv, (rep, parsed, count) in zip(envs, distinct.values()):
-        cobs, env_r, terminated, truncated, info = benv.step(parsed.action)
-        done = bool(terminated or truncated)
-        branches.append(Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),
-                               valid=bool(info["valid"]), parse_reason=parsed.reason, merged=count,
-                               state_key=cobs.state_key, obs_text=cobs.text, done=done, won=bool(info["won"]),
-                               timeout=bool(truncated), env_reward=float(env_r)))
-        if done:
+    envs = [env, *await cache.siblings(task, prefix, env, len(distinct) - 1)]
+    actions = [parsed.action for _rep, parsed, _count in distinct.values()]
+    stepped = await asyncio.gather(*[_step(benv, action) for benv, action in zip(envs, actions)])
+    for benv, (rep, parsed, count), (result, error) in zip(envs, distinct.values(), stepped):
+        branches.append(_branch(rep, parsed, count, obs, result, error))
+        if branches[-1].done:
             benv.close()
         else:
             cache.release(task, (*prefix, parsed.action), benv)
@@ -303,17 +331,20 @@ def outcome_reward(branch: Branch, outcome: str = "won") -> float:
     raise ValueError(f"env.outcome={outcome!r}; valid: {OUTCOMES}")
 
 
-async def play_episode(task: Task, env, sample: SampleFn, *, history_length: int = 2, few_shot: bool = False,
+async def play_episode(task: Task, env: TextEnv | AsyncEnv, sample: SampleFn, *, history_length: int = 2,
+                       few_shot: bool = False,
                        reasoning: bool = True, parser: ActionParser = DEFAULT_PARSER,
                        render: Callable[..., list[dict[str, str]]] | None = None, outcome: str = "won",
                        invalid_action_penalty: float = 0.0) -> list[EpisodeStep]:
-    """Play ``task`` to the end (won, lost or ``env.max_steps``) with one reply per step (trajectory mode).
+    """Play ``task`` to the end (won, lost, ``env.max_steps`` or a failed env step) with one reply per step
+    (trajectory mode). ``env`` is a ``TextEnv`` (stepped in this process) or an ``AsyncEnv``.
 
     Step rewards (DESIGN §2.8, the same objective as 3SPO's): the outcome R (``outcome_reward``) on the last step,
     minus ``invalid_action_penalty`` on every step whose action was invalid (``r_penalty``), 0 otherwise."""
     if outcome not in OUTCOMES:
         raise ValueError(f"env.outcome={outcome!r}; valid: {OUTCOMES}")
-    obs, _info = env.reset(task)
+    env = as_async(env)
+    obs, _info = await env.reset(task)
     history: list[tuple[str, str]] = []
     steps: list[EpisodeStep] = []
     done = False
@@ -322,15 +353,11 @@ async def play_episode(task: Task, env, sample: SampleFn, *, history_length: int
                                              few_shot=few_shot, reasoning=reasoning)
         rep = (await sample(messages, 1, obs.admissible_actions))[0]
         parsed = parser.parse(rep.text)
-        nobs, env_r, terminated, truncated, info = env.step(parsed.action)
-        done = bool(terminated or truncated)
-        b = Branch(sample=rep, action=parsed.action, action_text=shown_action(parsed.action, rep.text),
-                   valid=bool(info["valid"]), parse_reason=parsed.reason, merged=1, state_key=nobs.state_key,
-                   obs_text=nobs.text, done=done, won=bool(info["won"]), timeout=bool(truncated),
-                   env_reward=float(env_r))
+        b = _branch(rep, parsed, 1, obs, *await _step(env, parsed.action))
+        done = b.done
         steps.append(EpisodeStep(obs.state_key, obs.text, b))
         history.append((obs.text, b.action_text))
-        obs = nobs
+        obs = env.observation
     for s in steps:
         b = s.branch
         b.r_penalty = 0.0 if b.valid else float(invalid_action_penalty)

@@ -33,7 +33,11 @@ siblings, the trainer takes each row's reward from ``extra_fields["step_reward"]
 
 Environments live at module level, one ``EnvCache`` per environment configuration and worker process, because
 verl builds a new loop instance per session; a child created by an expansion stays parked in the cache, so the
-followed child never replays. Model output never raises: a malformed reply is an invalid action.
+followed child never replays. Every env call is awaited (``envs/pool.py``): with ``env.num_workers`` > 0 the
+environments live in that many env worker processes per agent-loop worker, shared by all its sessions, so env work
+runs on other cores while this loop generates; 0 keeps them in this process. An env step that fails twice (the
+engine raised, its worker died) ends its branch or episode as a failed row (``env_failed``, ``env/failures``).
+Model output never raises: a malformed reply is an invalid action.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -49,6 +54,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 
 from threespo_verl.envs import make
 from threespo_verl.envs.base import Task
+from threespo_verl.envs.pool import EnvPool
 from threespo_verl.envs.prompts import render_fitting, render_prompt
 from threespo_verl.envs.restore import EnvCache
 from threespo_verl.io_utils import stable_seed
@@ -63,15 +69,42 @@ __all__ = ["EXTRA_KEYS", "TRAJECTORY_DEFAULTS", "StepRolloutAgentLoop", "branch_
 logger = logging.getLogger("threespo_verl.agent_loop")
 _WARNED: dict[str, bool] = {}
 _CACHES: dict[str, EnvCache] = {}
+_POOLS: dict[str, EnvPool] = {}
 _STORE: dict[str, Any] = {}
 
 
-def env_cache(env: dict[str, Any]) -> EnvCache:
-    """This process's environment cache for one environment configuration (``env.max_parked_envs`` live envs)."""
+def env_workers(env: dict[str, Any], agent_workers: int = 1) -> int:
+    """Env worker processes per agent-loop worker: ``env.num_workers``, where ``auto`` shares the CPU cores this
+    process may use among the ``agent_workers`` agent-loop workers (at least 1); 0 = in-process."""
+    n = env.get("num_workers", 0)
+    if n in (None, "auto"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // max(1, int(agent_workers)))
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"env.num_workers={n!r}: use auto, 0 (environments in the agent-loop process) or a number "
+                         "of env worker processes per agent-loop worker")
+    return n
+
+
+def env_factory(env: dict[str, Any], agent_workers: int = 1):
+    """This process's source of environments for one environment configuration: ``EnvPool.env`` of its env worker
+    processes, or a ``make`` in this process (``env.num_workers`` = 0)."""
     kw = env_kwargs(env)
-    key = json.dumps([env["name"], kw], sort_keys=True)
+    n = env_workers(env, agent_workers)
+    if n == 0:
+        return lambda: make(env["name"], **kw)
+    key = json.dumps([env["name"], kw, n], sort_keys=True)
+    if key not in _POOLS:
+        _POOLS[key] = EnvPool(env["name"], kw, num_workers=n)
+        logger.info("env %s: %d env worker process(es) for this agent-loop worker", env["name"], n)
+    return _POOLS[key].env
+
+
+def env_cache(env: dict[str, Any], agent_workers: int = 1) -> EnvCache:
+    """This process's environment cache for one environment configuration (``env.max_parked_envs`` live envs)."""
+    key = json.dumps([env["name"], env_kwargs(env), env_workers(env, agent_workers)], sort_keys=True)
     if key not in _CACHES:
-        _CACHES[key] = EnvCache(lambda: make(env["name"], **kw), max_envs=int(env.get("max_parked_envs") or 256))
+        _CACHES[key] = EnvCache(env_factory(env, agent_workers), max_envs=int(env.get("max_parked_envs") or 256))
     return _CACHES[key]
 
 
@@ -211,7 +244,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
     # ---- 3SPO node expansion -------------------------------------------------------------------------------------
     async def _run_node(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
-        cache = env_cache(self._env)
+        cache = env_cache(self._env, self.rollout_config.agent.num_workers)
         params = ScoreParams.from_config(self._tcfg, self._env.get("invalid_action_penalty", 0.1))
         store = store_handle(self._tcfg.get("store_name", None) or "threespo_state_store")
         prefix = tuple(req["prefix"])
@@ -238,7 +271,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
                 parse_reason=b.parse_reason,
                 merged=b.merged, action=b.action, action_text=b.action_text,
                 child_state_key=b.state_key, child_obs=b.obs_text, done=b.done, won=b.won,
-                timeout=b.timeout, env_score=b.env_reward, replayed_steps=exp.replayed_steps,
+                timeout=b.timeout, env_failed=b.env_failed, env_score=b.env_reward, replayed_steps=exp.replayed_steps,
                 parent_obs=exp.obs_text, tree_id=req["tree_id"], pruned=False,
                 reward_extra_info={"won": float(b.won), "step_reward": b.reward},
             )
@@ -261,7 +294,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
     # ---- trajectory mode -----------------------------------------------------------------------------------------
     async def _run_episode(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
-        env = make(self._env["name"], **env_kwargs(self._env))
+        env = env_factory(self._env, self.rollout_config.agent.num_workers)()
         spa = self._algo.get("name") == "spa"
         prompts, render = [], self._fitting_render()
         if spa:  # SPA's estimator reads the episode back as a trajectory record, prompts included
@@ -295,7 +328,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
                 r_progress=progress[t], r_grounding=grounded[t],
                 valid_action=b.valid, parse_reason=b.parse_reason, merged=1, action=b.action,
                 action_text=b.action_text, child_state_key=b.state_key, child_obs="", done=b.done,
-                won=b.won, timeout=b.timeout, env_score=b.env_reward, replayed_steps=0,
+                won=b.won, timeout=b.timeout, env_failed=b.env_failed, env_score=b.env_reward, replayed_steps=0,
                 parent_obs="", tree_id=self._uid, pruned=False, reward_extra_info=info,
             )
             outputs.append(self._output(b.sample, outcome, row))
@@ -349,7 +382,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
             prompts, render = prompt_recorder(base=render)
         last_out: list[Any] = []
         sample = self._chat_sampler(ctx, last_out)
-        env = make(self._env["name"], **env_kwargs(self._env))
+        env = env_factory(self._env, self.rollout_config.agent.num_workers)()
         history_length = int(self._env.get("history_length", 2))
         try:
             steps = await play_episode(task, env, sample, render=render, **self._episode_settings())
@@ -414,7 +447,8 @@ class StepRolloutAgentLoop(AgentLoopBase):
             r_grounding=float(sum(grounded)), valid_action=all(s.branch.valid for s in steps),
             parse_reason=last.parse_reason, merged=1, action=last.action, action_text=last.action_text,
             child_state_key=last.state_key, child_obs="", done=True, won=last.won,
-            timeout=last.timeout, env_score=last.env_reward, replayed_steps=0, parent_obs="",
+            timeout=last.timeout, env_failed=last.env_failed, env_score=last.env_reward, replayed_steps=0,
+            parent_obs="",
             tree_id=self._uid, pruned=False, reward_extra_info=info,
             turn_ends=list(row.turn_ends), turn_rewards=[float(r) for r in kept], turns_dropped=row.dropped,
             turn_states=[s.state_key for s in steps] + [last.state_key],

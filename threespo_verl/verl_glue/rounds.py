@@ -118,6 +118,7 @@ def apply_node_rows(tree: TaskTree, node, es: list[StepRow], m: dict[str, Any]) 
     m["env_steps"] += len(children)
     m["llm_calls"] += int(e0.n_branches)
     m["replayed"] += int(e0.replayed_steps)
+    m["env_failures"] += sum(int(e.env_failed) for e in children)
     m["prompt_truncated"] += int(e0.prompt_truncated > 0)
     m["states"].add(e0.state_key)
     for e in es:  # per row (sampled reply): what the update trains on

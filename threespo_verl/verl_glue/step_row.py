@@ -59,6 +59,7 @@ class StepRow:
     done: bool
     won: bool
     timeout: bool
+    env_failed: bool = False  # the env step failed twice (``envs/pool.py``): a terminal, failed step, counted
     env_score: float
     replayed_steps: int
     parent_obs: str

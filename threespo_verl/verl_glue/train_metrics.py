@@ -21,8 +21,9 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def new_round_metrics() -> dict[str, Any]:
-    return {"n_hist": [], "pruned": 0, "expanded": 0, "singleton": 0, "failed": 0, "env_steps": 0, "llm_calls": 0,
-            "replayed": 0, "prompt_truncated": 0, "r_novel": [], "r_score_diff": [], "r_success": [], "r_penalty": [],
+    return {"n_hist": [], "pruned": 0, "expanded": 0, "singleton": 0, "failed": 0, "env_steps": 0, "env_failures": 0,
+            "llm_calls": 0, "replayed": 0, "prompt_truncated": 0, "r_novel": [], "r_score_diff": [], "r_success": [],
+            "r_penalty": [],
             "reward": [], "invalid": [], "states": set(), "ended": []}
 
 
@@ -73,6 +74,7 @@ class MetricsMixin:
             "explore/llm_calls": sum(acc.get("llm_calls", [])),
             "explore/replayed_env_steps": sum(acc.get("replayed", [])),
             "explore/replayed_fraction": sum(acc.get("replayed", [])) / max(1, env_steps),
+            "env/failures": sum(acc.get("env_failures", [])),
             "explore/unique_states": len({h for r in acc.get("state_hashes", []) for h in r}),
             "explore/new_states": sum(acc.get("new_states", [])),
             "explore/cumulative_unique_states": len(self.unique_states),
@@ -144,7 +146,8 @@ class MetricsMixin:
                "explore/cumulative_unique_states": len(self.unique_states),
                "explore/cumulative_env_steps": self.counters["env_steps"],
                "explore/cumulative_llm_calls": self.counters["llm_calls"],
-               "episode/invalid_rate": sum(invalid) / max(1, sum(steps))}
+               "episode/invalid_rate": sum(invalid) / max(1, sum(steps)),
+               "env/failures": sum(int(e.env_failed) for e in extras)}
         if self.algo in ("spa", "spa_ppo"):  # SPA's reward components per step: alpha_p c_t and the guarded beta g_t
             # (a trajectory row holds its episode's sums; step rows one step each)
             out["reward/progress_mean"] = sum(e.r_progress for e in extras) / max(1, sum(steps))
