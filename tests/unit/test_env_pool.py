@@ -115,6 +115,17 @@ def test_concurrent_sessions_equal_in_process_play(tasks_and_plans):
     assert got == _sequential(tasks, plans)
 
 
+def test_reused_envs_equal_fresh_ones(tasks_and_plans):
+    """Sessions one after another on one worker: each reset reuses the env the previous session released."""
+    tasks, plans = tasks_and_plans
+    pool = EnvPool("household", {"max_steps": 30}, num_workers=1)
+    try:
+        got = [run(_play_all(pool, [t], [p]))[0] for t, p in zip(tasks, plans)]
+    finally:
+        pool.close()
+    assert got == _sequential(tasks, plans)
+
+
 def test_a_killed_worker_costs_one_retry_and_no_result(tasks_and_plans):
     tasks, plans = tasks_and_plans
     pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
@@ -274,14 +285,16 @@ def test_memory_budget_restarts_an_idle_worker(tasks_and_plans):
 
 
 def test_alfworld_through_the_pool_matches_in_process(alfworld_data):
+    """Walkthroughs of games A, B, A through one worker (the second A reuses the released env with A loaded) equal
+    fresh in-process play."""
     env = make("alfworld", data_dir=alfworld_data, max_steps=50)
-    task = env.tasks("valid_unseen")[0]
-    plan = env.walkthrough(task)
-    expected = [env.reset(task)[0], *[env.step(a) for a in plan]]
+    tasks = env.tasks("valid_unseen")[:2]
+    plans = [env.walkthrough(t) for t in tasks]
+    expected = [[env.reset(t)[0], *[env.step(a) for a in p]] for t, p in zip(tasks, plans)]
     env.close()
     pool = EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1)
     try:
-        got = run(_play_all(pool, [task], [plan]))[0]
+        got = [run(_play_all(pool, [tasks[i]], [plans[i]]))[0] for i in (0, 1, 0)]
     finally:
         pool.close()
-    assert got == expected and got[-1][4]["won"]
+    assert got == [expected[0], expected[1], expected[0]] and got[0][-1][4]["won"]

@@ -145,36 +145,57 @@ class LocalEnv(AsyncEnv):
 
 
 # ---- env worker processes ------------------------------------------------------------------------------------------
+#: released environments an env worker keeps for reuse: a reset of a game the env already loaded skips parsing it
+#: (an ALFWorld game load takes 1-2 s, a reset of a loaded one milliseconds); ``reset`` is deterministic in the task
+#: whatever the env played before (``envs/base.py``), so reuse changes no observation
+IDLE_ENVS = 16
+
+
 def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
     """Serve requests ``(rid, op, handle, *args)`` one at a time; answer ``(rid, "ok" | "error", payload)``."""
+    from collections import OrderedDict
+
     from threespo_verl.envs import make
 
     envs: dict[int, TextEnv] = {}
+    idle: OrderedDict[int, tuple[str, TextEnv]] = OrderedDict()  # released envs: id -> (last task id, env)
+    last_task: dict[int, str] = {}
+
+    def fresh(task: Task) -> TextEnv:
+        """An idle env that last played ``task`` (its game is loaded), else the most recently released one, else a
+        new one."""
+        pick = next((k for k, (tid, _e) in reversed(idle.items()) if tid == task.task_id), None)
+        if pick is None and idle:
+            pick = next(reversed(idle))
+        return idle.pop(pick)[1] if pick is not None else make(env_name, **env_kwargs)
+
     while True:
         try:
             rid, op, handle, *args = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            if op == "reset":  # (task, prefix): a fresh env (or the handle's, rebuilt) at the node
+            if op == "reset":  # (task, prefix): the handle's env at the node (a rebuild drops the env it had)
                 task, prefix = args
-                env = envs.pop(handle, None) or make(env_name, **env_kwargs)
-                envs[handle] = env
+                old = envs.pop(handle, None)
+                if old is not None:
+                    old.close()
+                envs[handle] = env = fresh(task)
+                last_task[handle] = task.task_id
                 out = _replay(env, task, prefix)
             elif op == "step":
                 out = envs[handle].step(args[0])
             elif op == "clone":  # (source handle,)
                 envs[handle] = envs[args[0]].clone()
+                last_task[handle] = last_task.get(args[0], "")
                 out = None
             elif op == "release":
                 env = envs.pop(handle, None)
                 if env is not None:
-                    env.close()
+                    idle[id(env)] = (last_task.pop(handle, ""), env)
+                    while len(idle) > IDLE_ENVS:
+                        idle.popitem(last=False)[1][1].close()
                 continue  # fire and forget: no answer
-            elif op == "crash":  # tests and benchmarks: die as a native crash would
-                import os
-
-                os._exit(1)
             else:
                 raise ValueError(f"unknown env worker request {op!r}")
             conn.send((rid, "ok", out))
