@@ -304,7 +304,8 @@ def test_item7_the_default_guard_fixes_the_issue_example():
 
 
 def test_item7_normalized_is_the_default_everywhere():
-    """The math's default, the typed config, the shipped YAML and the agent loop's fallback agree on the safe guard."""
+    """The math's default, the typed config and the shipped YAML agree on the safe guard; the agent loop reads the
+    typed field (no fallback default of its own)."""
     from threespo_verl.verl_glue.config import SPA_GUARDS, SPAConfig
 
     assert DEFAULT_GUARD == "normalized" and set(SPA_GUARDS) == set(GUARD_MODES)
@@ -312,7 +313,7 @@ def test_item7_normalized_is_the_default_everywhere():
     yaml = OmegaConf.load(ROOT / "threespo_verl/config/threespo_base.yaml")  # the keys of threespo_trainer(_cpu)
     assert yaml.algorithm.spa.grounding_guard == DEFAULT_GUARD
     loop = (ROOT / "threespo_verl/verl_glue/agent_loop.py").read_text()
-    assert re.findall(r"""get\(\s*["']grounding_guard["']\s*,\s*["'](\w+)["']""", loop) == [DEFAULT_GUARD]
+    assert "grounding_guard\"" not in loop and "mode=cfg.grounding_guard" in loop
 
 
 # ---- item 6: recipes run to their end ------------------------------------------------------------------------------

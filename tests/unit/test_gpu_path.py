@@ -200,19 +200,22 @@ def test_trainer_creates_the_worker_with_the_configured_gpus(num_gpus, tmp_path,
     fake = _FakeRay()
     monkeypatch.setattr(sw.ray, "remote", fake.remote)
     monkeypatch.setattr(sw.ray, "get", fake.get)
-    spa = _compose("threespo_trainer", "algorithm=spa", f"algorithm.spa.estimator_path={tmp_path}",
-                   f"algorithm.spa.estimator_num_gpus={num_gpus}").algorithm.spa
-    create_progress_worker(spa)
+    from threespo_verl.verl_glue.config import resolve_algorithm
+
+    algo = _compose("threespo_trainer", "algorithm=spa", f"algorithm.spa.estimator_path={tmp_path}",
+                    f"algorithm.spa.estimator_num_gpus={num_gpus}").algorithm
+    create_progress_worker(resolve_algorithm(algo).spa)
     assert fake.options == {"name": "threespo_spa_progress", "get_if_exists": True, "num_cpus": 0,
                             "num_gpus": float(num_gpus)}
     assert fake.args == (str(tmp_path), 4096, float(num_gpus))
 
 
 def test_trainer_names_the_estimator_command(tmp_path):
+    from threespo_verl.verl_glue.config import SPAConfig
     from threespo_verl.verl_glue.trainer import create_progress_worker
 
     with pytest.raises(FileNotFoundError, match="threespo-verl spa train-estimator --data traj.jsonl --model MODEL"):
-        create_progress_worker({"estimator_path": str(tmp_path / "missing")})
+        create_progress_worker(SPAConfig(estimator_path=str(tmp_path / "missing")))
 
 
 def test_progress_worker_on_the_cpu(tiny):

@@ -1,51 +1,64 @@
-"""The README's configuration reference agrees with the YAML: every documented key exists with that default,
-and every key of this package's sections is documented."""
+"""The README's configuration reference is the text generated from the typed configuration's field docs, and the
+dataclass defaults are the composed YAML's: one default per key, documented once."""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from pathlib import Path
 
+import pytest
 import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from threespo_verl import config_reference as C
+from threespo_verl.verl_glue.config import EnvConfig, resolve_env
+
 README = Path(__file__).resolve().parents[2] / "README.md"
-ROW = re.compile(r"^\| `([a-z_.]+)` \| `([^`]*)` \|")
 
 
-def _documented() -> dict[str, str]:
-    rows = {}
-    for line in README.read_text().splitlines():
-        m = ROW.match(line)
-        if m:
-            rows[m.group(1)] = m.group(2)
-    return rows
-
-
-def _leaves(node, prefix):
-    out = {}
-    for key, value in node.items():
-        if key == "_target_":
-            continue
-        path = f"{prefix}.{key}"
-        out.update(_leaves(value, path) if isinstance(value, dict) else {path: value})
-    return out
-
-
-def test_readme_reference_matches_yaml():
+def _composed(*overrides):
     with initialize_config_module(config_module="threespo_verl.config", version_base=None):
-        cfg = OmegaConf.to_container(compose(config_name="threespo_trainer"), resolve=True)
-    documented = _documented()
-    assert len(documented) >= 20
-    ours = {}
-    ours.update(_leaves(cfg["algorithm"]["threespo"], "algorithm.threespo"))
-    ours.update(_leaves(cfg["algorithm"]["gigpo"], "algorithm.gigpo"))
-    ours.update(_leaves(cfg["algorithm"]["spa"], "algorithm.spa"))
-    ours.update(_leaves(cfg["env"], "env"))
-    ours["algorithm.name"] = cfg["algorithm"]["name"]
-    ours["algorithm.mini_batch_rows"] = cfg["algorithm"]["mini_batch_rows"]
-    assert sorted(set(ours) - set(documented)) == [], "keys missing from the README's configuration reference"
-    assert sorted(set(documented) - set(ours)) == [], "README documents keys the YAML does not have"
-    for key, text in documented.items():
-        assert yaml.safe_load(text) == ours[key], f"{key}: README says {text!r}, YAML has {ours[key]!r}"
+        return OmegaConf.to_container(compose(config_name="threespo_trainer", overrides=list(overrides)), resolve=True)
+
+
+def test_readme_reference_is_the_generated_table():
+    assert C.readme_block(README.read_text()) == C.table(), (
+        "the README's configuration reference is stale: run python -m threespo_verl.config_reference --write README.md")
+
+
+def test_every_row_is_documented():
+    rows = C.rows()
+    assert len(rows) >= 40
+    assert [k for k, _d, doc in rows if not doc] == [], "fields without a #: comment in verl_glue/config.py"
+
+
+def test_dataclass_defaults_are_the_composed_yaml():
+    cfg = _composed()
+    for key, default, _doc in C.rows():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert node == yaml.safe_load(default), f"{key}: the dataclass says {default}, the composed YAML {node!r}"
+    for section, cls in (("threespo", "ThreeSPOConfig"), ("gigpo", "GiGPOConfig"), ("spa", "SPAConfig")):
+        keys = {k for k in cfg["algorithm"][section] if k != "_target_"}
+        documented = {k.rsplit(".", 1)[1] for k, _d, _doc in C.rows() if k.startswith(f"algorithm.{section}.")}
+        assert keys == documented, f"algorithm.{section} ({cls}) and its YAML have different keys"
+    assert set(cfg["env"]) == {f.name for f in dataclasses.fields(EnvConfig) if not f.name.startswith("_")}
+
+
+@pytest.mark.parametrize("env", ["household", "alfworld", "webshop"])
+def test_each_env_group_resolves(env):
+    got = resolve_env(_composed(f"env={env}")["env"])
+    assert got.name == env
+    if env == "alfworld":
+        assert got.num_workers == "auto" and got.max_steps == 50
+
+
+def test_bad_env_values_name_the_key():
+    with pytest.raises(ValueError, match="env.outcome"):
+        resolve_env({"outcome": "reward"})
+    with pytest.raises(ValueError, match="env.num_workers"):
+        resolve_env({"num_workers": -1})
+    with pytest.raises(ValueError, match=r"unknown env key\(s\) \['max_step'\]"):
+        resolve_env({"max_step": 5})

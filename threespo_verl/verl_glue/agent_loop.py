@@ -60,7 +60,8 @@ from threespo_verl.envs.restore import EnvCache
 from threespo_verl.io_utils import stable_seed
 from threespo_verl.rollout.expand import ActorScorer, Branch, Sample, ScoreParams, expand_node, play_episode
 from threespo_verl.rollout.trajectory import TRAJECTORY_ALGOS
-from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_kwargs, env_settings
+from threespo_verl.verl_glue import config as typed  # a module: verl's first import may load this plugin mid-import
+from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY, env_settings
 from threespo_verl.verl_glue.step_row import EXTRA_KEYS, TRAJECTORY_DEFAULTS, StepRow
 
 __all__ = ["EXTRA_KEYS", "TRAJECTORY_DEFAULTS", "StepRolloutAgentLoop", "branch_seed", "env_cache", "store_handle",
@@ -73,39 +74,46 @@ _POOLS: dict[str, EnvPool] = {}
 _STORE: dict[str, Any] = {}
 
 
-def env_workers(env: dict[str, Any], agent_workers: int = 1) -> int:
+def env_workers(env: typed.EnvConfig, agent_workers: int = 1) -> int:
     """Env worker processes per agent-loop worker: ``env.num_workers``, where ``auto`` shares the CPU cores this
     process may use among the ``agent_workers`` agent-loop workers (at least 1); 0 = in-process."""
-    n = env.get("num_workers", 0)
-    if n in (None, "auto"):
+    if env.num_workers == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // max(1, int(agent_workers)))
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"env.num_workers={n!r}: use auto, 0 (environments in the agent-loop process) or a number "
-                         "of env worker processes per agent-loop worker")
-    return n
+    return int(env.num_workers)
 
 
-def env_factory(env: dict[str, Any], agent_workers: int = 1):
+def env_factory(env: typed.EnvConfig, agent_workers: int = 1):
     """This process's source of environments for one environment configuration: ``EnvPool.env`` of its env worker
     processes, or a ``make`` in this process (``env.num_workers`` = 0)."""
-    kw = env_kwargs(env)
+    kw = env.make_kwargs()
     n = env_workers(env, agent_workers)
     if n == 0:
-        return lambda: make(env["name"], **kw)
-    key = json.dumps([env["name"], kw, n], sort_keys=True)
+        return lambda: make(env.name, **kw)
+    key = json.dumps([env.name, kw, n], sort_keys=True)
     if key not in _POOLS:
-        _POOLS[key] = EnvPool(env["name"], kw, num_workers=n)
-        logger.info("env %s: %d env worker process(es) for this agent-loop worker", env["name"], n)
+        _POOLS[key] = EnvPool(env.name, kw, num_workers=n)
+        logger.info("env %s: %d env worker process(es) for this agent-loop worker", env.name, n)
     return _POOLS[key].env
 
 
-def env_cache(env: dict[str, Any], agent_workers: int = 1) -> EnvCache:
+def env_cache(env: typed.EnvConfig, agent_workers: int = 1) -> EnvCache:
     """This process's environment cache for one environment configuration (``env.max_parked_envs`` live envs)."""
-    key = json.dumps([env["name"], env_kwargs(env), env_workers(env, agent_workers)], sort_keys=True)
+    key = json.dumps([env.name, env.make_kwargs(), env_workers(env, agent_workers)], sort_keys=True)
     if key not in _CACHES:
-        _CACHES[key] = EnvCache(env_factory(env, agent_workers), max_envs=int(env.get("max_parked_envs") or 256))
+        _CACHES[key] = EnvCache(env_factory(env, agent_workers), max_envs=env.max_parked_envs)
     return _CACHES[key]
+
+
+_RESOLVED: dict[int, tuple[Any, typed.ThreeSPOAlgoConfig, typed.EnvConfig]] = {}
+
+
+def resolved(config) -> tuple[typed.ThreeSPOAlgoConfig, typed.EnvConfig]:
+    """``config.algorithm`` and the env settings, typed, resolved once per config object of this process."""
+    hit = _RESOLVED.get(id(config))
+    if hit is None or hit[0] is not config:
+        hit = _RESOLVED[id(config)] = (config, typed.resolve_algorithm(config.algorithm), env_settings(config.data))
+    return hit[1], hit[2]
 
 
 _SHAPES: dict[Any, Any] = {}
@@ -135,21 +143,19 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> list[AgentLoopOutput]:
         req = json.loads(kwargs[REQUEST_KEY])
-        self._env = env_settings(self.config.data)
-        self._algo = self.config.algorithm
-        self._tcfg = self._algo.get("threespo", {})
+        self._algo, self._env = resolved(self.config)
+        self._tcfg = self._algo.threespo
         self._uid = str(kwargs.get("uid", "req"))
         self._session = int(kwargs.get("session_id", 0))
         self._sampling = dict(sampling_params)
-        step_tokens = self._env.get("max_tokens_per_step")
-        if step_tokens:
-            self._sampling["max_tokens"] = int(step_tokens)
+        if self._env.max_tokens_per_step:
+            self._sampling["max_tokens"] = int(self._env.max_tokens_per_step)
         self._gen_time = 0.0
         self._truncated = 0
         task = Task(**req["task"])
         if req["mode"] == "node":
             return await self._run_node(task, req)
-        if req["mode"] == "episode" and self._algo.get("name") in TRAJECTORY_ALGOS:
+        if req["mode"] == "episode" and self._algo.name in TRAJECTORY_ALGOS:
             return await self._run_trajectory(task, req)
         if req["mode"] == "episode":
             return await self._run_episode(task, req)
@@ -157,10 +163,9 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
     def _episode_settings(self) -> dict[str, Any]:
         """``play_episode``'s keyword arguments from the env settings (prompt shape, outcome, penalty)."""
-        return {"history_length": int(self._env.get("history_length", 2)),
-                "few_shot": bool(self._env.get("few_shot", False)), "reasoning": bool(self._env.get("reasoning", True)),
-                "outcome": str(self._env.get("outcome", "won")),
-                "invalid_action_penalty": float(self._env.get("invalid_action_penalty", 0.1))}
+        e = self._env
+        return {"history_length": e.history_length, "few_shot": e.few_shot, "reasoning": e.reasoning,
+                "outcome": e.outcome, "invalid_action_penalty": e.invalid_action_penalty}
 
     # ---- the policy ----------------------------------------------------------------------------------------------
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
@@ -207,14 +212,14 @@ class StepRolloutAgentLoop(AgentLoopBase):
                       seed_base: str | None = None) -> list[Sample]:
         prompt_ids = self._prompt_ids(messages)
         t0 = time.perf_counter()
-        constrained = _action_constraint(choices) if self._env.get("constrain_actions", False) else None
+        constrained = _action_constraint(choices) if self._env.constrain_actions else None
 
         async def one(i: int):
             params = dict(self._sampling)
             if constrained is not None:
                 params["structured_outputs"] = constrained
-            if seed_base is not None and self._tcfg.get("sample_seed", None) is not None:
-                params["seed"] = branch_seed(self._tcfg["sample_seed"], seed_base, i)
+            if seed_base is not None and self._tcfg.sample_seed is not None:
+                params["seed"] = branch_seed(self._tcfg.sample_seed, seed_base, i)
             return await self.server_manager.generate(request_id=self._uid, prompt_ids=prompt_ids,
                                                       sampling_params=params)
 
@@ -245,8 +250,8 @@ class StepRolloutAgentLoop(AgentLoopBase):
     # ---- 3SPO node expansion -------------------------------------------------------------------------------------
     async def _run_node(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
         cache = env_cache(self._env, self.rollout_config.agent.num_workers)
-        params = ScoreParams.from_config(self._tcfg, self._env.get("invalid_action_penalty", 0.1))
-        store = store_handle(self._tcfg.get("store_name", None) or "threespo_state_store")
+        params = ScoreParams.from_config(self._tcfg, self._env.invalid_action_penalty)
+        store = store_handle(self._tcfg.store_name)
         prefix = tuple(req["prefix"])
         history = [tuple(h) for h in req["history"]]
         node_id = int(req["node_id"])
@@ -256,8 +261,8 @@ class StepRolloutAgentLoop(AgentLoopBase):
             task, prefix, history, cache,
             lambda messages, n, choices: self._sample(messages, n, choices, seed_base=seed_base),
             ActorScorer(store), params, max_branches=int(req["max_branches"]),
-            history_length=int(self._env.get("history_length", 2)), few_shot=bool(self._env.get("few_shot", False)),
-            reasoning=bool(self._env.get("reasoning", True)), render=self._fitting_render())
+            history_length=self._env.history_length, few_shot=self._env.few_shot, reasoning=self._env.reasoning,
+            render=self._fitting_render())
 
         def extra(j: int, i: int, b) -> StepRow:
             return StepRow(
@@ -295,13 +300,13 @@ class StepRolloutAgentLoop(AgentLoopBase):
     # ---- trajectory mode -----------------------------------------------------------------------------------------
     async def _run_episode(self, task: Task, req: dict[str, Any]) -> list[AgentLoopOutput]:
         env = env_factory(self._env, self.rollout_config.agent.num_workers)()
-        spa = self._algo.get("name") == "spa"
+        spa = self._algo.name == "spa"
         prompts, render = [], self._fitting_render()
         if spa:  # SPA's estimator reads the episode back as a trajectory record, prompts included
             from threespo_verl.spa.collect import prompt_recorder
 
             prompts, render = prompt_recorder(base=render)
-        history_length = int(self._env.get("history_length", 2))
+        history_length = self._env.history_length
         try:
             steps = await play_episode(task, env, lambda messages, n, choices: self._sample(messages, n, choices),
                                        render=render, **self._episode_settings())
@@ -341,14 +346,14 @@ class StepRolloutAgentLoop(AgentLoopBase):
         from threespo_verl.spa.collect import trajectory_record
         from threespo_verl.verl_glue.spa_worker import get_progress_worker
 
-        cfg = self._algo.get("spa", {})
+        cfg = self._algo.spa
         record = trajectory_record(task, 0, steps, prompts, history_length)
-        c = await get_progress_worker(cfg.get("worker_name", None) or "threespo_spa_progress").predict.remote(record)
+        c = await get_progress_worker(cfg.worker_name).predict.remote(record)
         g = [grounding(task.env_name, s.branch.action, s.branch.obs_text, adm, s.branch.valid)
              for s, (_m, adm) in zip(steps, prompts)]
         g = guarded_grounding(g, [s.branch.state_key != s.state_key for s in steps],
-                              mode=cfg.get("grounding_guard", "normalized"), cap=cfg.get("grounding_cap", 5))
-        alpha, beta = float(cfg.get("alpha_p", 1.0)), float(cfg.get("beta", 0.5))
+                              mode=cfg.grounding_guard, cap=cfg.grounding_cap)
+        alpha, beta = float(cfg.alpha_p), float(cfg.beta)
         return [alpha * float(x) for x in c], [beta * float(x) for x in g]
 
     # ---- trajectory rows (algorithm=ppo | spa_ppo) ---------------------------------------------------------------
@@ -366,15 +371,15 @@ class StepRolloutAgentLoop(AgentLoopBase):
         """
         from threespo_verl.rollout.trajectory import TrajectoryTokens
 
-        reply_cap = self._env.get("max_tokens_per_step")
+        reply_cap = self._env.max_tokens_per_step
         if not reply_cap:
-            raise ValueError(f"algorithm={self._algo.get('name')} plays an episode as one row: set "
+            raise ValueError(f"algorithm={self._algo.name} plays an episode as one row: set "
                              "env.max_tokens_per_step (the cap of one reply; data.max_response_length is the budget "
                              "of everything after the row's first prompt)")
         budget = int(self.rollout_config.prompt_length) + int(self.rollout_config.response_length)
         ctx = TrajectoryTokens(template_shape(self.tokenizer, self.apply_chat_template_kwargs), budget=budget,
                                reply_cap=int(reply_cap), first_ids=self._prompt_ids)
-        spa = self._algo.get("name") == "spa_ppo"
+        spa = self._algo.name == "spa_ppo"
         prompts, render = [], self._fitting_render()
         if spa:
             from threespo_verl.spa.collect import prompt_recorder
@@ -383,7 +388,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
         last_out: list[Any] = []
         sample = self._chat_sampler(ctx, last_out)
         env = env_factory(self._env, self.rollout_config.agent.num_workers)()
-        history_length = int(self._env.get("history_length", 2))
+        history_length = self._env.history_length
         try:
             steps = await play_episode(task, env, sample, render=render, **self._episode_settings())
         finally:
@@ -416,7 +421,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
 
         async def sample(messages, n, choices):
             params = dict(self._sampling)
-            if self._env.get("constrain_actions", False):
+            if self._env.constrain_actions:
                 constrained = _action_constraint(choices)
                 if constrained is not None:
                     params["structured_outputs"] = constrained

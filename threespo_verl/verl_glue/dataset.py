@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
@@ -26,29 +26,24 @@ from threespo_verl.envs import make
 from threespo_verl.envs.base import Task
 from threespo_verl.envs.panels import panel
 
+if TYPE_CHECKING:
+    from threespo_verl.verl_glue.config import EnvConfig
+
 AGENT_NAME = "threespo_step"
 REQUEST_KEY = "threespo_request"
 TRAIN_FILES = "threespo://train"
 EVAL_FILES = "threespo://eval"
 
 
-def env_settings(data_config: Any) -> dict[str, Any]:
-    """The ``env`` node as a plain dict (from ``data.threespo_env``), with a clear error when it is missing."""
+def env_settings(data_config: Any) -> "EnvConfig":
+    """The ``env`` node, typed (from ``data.threespo_env``), with a clear error when it is missing."""
     node = data_config.get("threespo_env", None) if hasattr(data_config, "get") else None
     if node is None:
         raise ValueError("data.threespo_env is not set: compose the config with threespo_trainer (it sets "
                          "data.threespo_env: ${env}) or pass data.threespo_env.name=household|alfworld|webshop")
-    from omegaconf import OmegaConf
+    from threespo_verl.verl_glue.config import resolve_env  # verl's import would register this plugin mid-import
 
-    return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
-
-
-def env_kwargs(env: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of ``envs.make`` from the env settings."""
-    kw = {"max_steps": int(env["max_steps"])}
-    if env.get("data_dir"):
-        kw["data_dir"] = env["data_dir"]
-    return kw
+    return resolve_env(node)
 
 
 def task_to_json(task: Task) -> str:
@@ -72,20 +67,20 @@ class TaskDataset(Dataset):
         self.env = env_settings(config)
         self.split_name = files[0]
         if files[0] == TRAIN_FILES:
-            e = make(self.env["name"], **env_kwargs(self.env))
+            e = make(self.env.name, **self.env.make_kwargs())
             try:
-                tasks = e.tasks(self.env.get("train_split", "train"))
+                tasks = e.tasks(self.env.train_split)
             finally:
                 e.close()
             self.panel_sha256 = None
         else:
-            p = panel(self.env["name"], self.env["eval_panel"], **{k: v for k, v in env_kwargs(self.env).items()
-                                                                   if k != "max_steps"})
+            p = panel(self.env.name, self.env.eval_panel, **{k: v for k, v in self.env.make_kwargs().items()
+                                                             if k != "max_steps"})
             tasks, self.panel_sha256 = list(p.tasks), p.sha256
         if max_samples is not None and max_samples > 0:
             tasks = tasks[:max_samples]
         if not tasks:
-            raise ValueError(f"{self.env['name']}: no tasks for {files[0]}")
+            raise ValueError(f"{self.env.name}: no tasks for {files[0]}")
         self.tasks = tasks
 
     def __len__(self) -> int:

@@ -137,9 +137,9 @@ class RoundsMixin:
     def explore(self) -> tuple[KVBatchMeta, dict[str, float]]:
         """Run expansion rounds until the update condition holds (``update_mode``, ``min_update_rows``); return the
         update rows (every group of >= 2 children) and the rounds' metrics."""
-        min_rows = int(self.tcfg.get("min_update_rows", 1) or 1)
+        min_rows = max(1, self.tcfg.min_update_rows)
         post_trajectory = self.tcfg.update_mode == "post_trajectory"
-        max_rounds = int(self.tcfg.get("max_rounds_per_update", 0) or 0) or 10 * self.frontiers.budget
+        max_rounds = self.tcfg.max_rounds_per_update or 10 * self.frontiers.budget
         kept: list[KVBatchMeta] = []
         acc: dict[str, list] = defaultdict(list)
         n_rows, rounds = 0, 0

@@ -56,6 +56,7 @@ from threespo_verl.rollout.tree import Frontiers
 from threespo_verl.verl_glue import metrics_log
 from threespo_verl.verl_glue import row_meta as rm
 from threespo_verl.verl_glue.checkpoint import STATE_FILE, STORE_FILE, CheckpointMixin
+from threespo_verl.verl_glue import config as typed  # a module: verl's first import may load this plugin mid-import
 from threespo_verl.verl_glue.minibatch import MiniBatchMixin, minibatch_plan
 from threespo_verl.verl_glue.rewards import MUTATION_ENV, MUTATIONS, RewardsMixin, episode_returns_on_final_rows
 from threespo_verl.verl_glue.rounds import (
@@ -91,12 +92,14 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         super().__init__(config)
         # verl's base class reads trainer_mode != "sync" as "an async mode"; this trainer has sync semantics
         self.trainer_mode = "sync"
-        self.algo = str(config.algorithm.get("name", "3spo"))
-        self.tcfg = config.algorithm.threespo
-        self.params = ScoreParams.from_config(self.tcfg, config.env.get("invalid_action_penalty", 0.1))
-        self.env_cfg = config.env
-        budget = self.tcfg.get("env_step_budget", None) or self.params.g_max * int(self.env_cfg.max_steps)
-        self.frontiers = Frontiers(int(budget), int(self.tcfg.max_trajectories_per_task))
+        # the plugin's config, typed once (verl keeps its own reading of config.algorithm)
+        self.algo_cfg = typed.resolve_algorithm(config.algorithm)
+        self.env_cfg = typed.resolve_env(config.env)
+        self.algo = self.algo_cfg.name
+        self.tcfg = self.algo_cfg.threespo
+        self.params = ScoreParams.from_config(self.tcfg, self.env_cfg.invalid_action_penalty)
+        budget = self.tcfg.env_step_budget or self.params.g_max * self.env_cfg.max_steps
+        self.frontiers = Frontiers(int(budget), self.tcfg.max_trajectories_per_task)
         self.task_queue: list[Task] = []
         self.round = 0
         self.counters: Counter = Counter()
@@ -108,7 +111,7 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
                 raise ValueError(f"{MUTATION_ENV}={self.mutation!r}; valid: {MUTATIONS} (tests only)")
             logger.warning("%s=%s: the learning signal is broken on purpose (a test of the learning test)",
                            MUTATION_ENV, self.mutation)
-        self.mini_batch_rows = int(config.algorithm.mini_batch_rows)
+        self.mini_batch_rows = self.algo_cfg.mini_batch_rows
         if self.mini_batch_rows < 1:
             raise ValueError(f"algorithm.mini_batch_rows must be >= 1, got {self.mini_batch_rows}")
         self._mb_plan: tuple[int, int] | None = None  # (optimizer steps, rows per mini-batch) of the current update
@@ -120,14 +123,14 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
                                  "trainer.v1.threespo.parameter_sync_step=1")
             from threespo_verl.store.actor import get_or_create_store
 
-            self.store = get_or_create_store(self.tcfg.get("store_name", None) or "threespo_state_store")
-            if (self.tcfg.get("merge_identical_states", False) and int(self.tcfg.get("min_update_rows", 1) or 1) <= 1
+            self.store = get_or_create_store(self.tcfg.store_name)
+            if (self.tcfg.merge_identical_states and self.tcfg.min_update_rows <= 1
                     and self.tcfg.update_mode == "post_step"):
                 logger.warning("algorithm.threespo.merge_identical_states=true has nothing to merge with one round per "
                                "update (one node per task); use update_mode=post_trajectory or min_update_rows > 1")
         self.progress_worker = None
         if self.algo in ("spa", "spa_ppo"):
-            self.progress_worker = create_progress_worker(config.algorithm.get("spa", {}))
+            self.progress_worker = create_progress_worker(self.algo_cfg.spa)
         if self.algo in TRAJECTORY_ALGOS:
             check_trajectory_config(config)
 
@@ -248,7 +251,7 @@ def check_trajectory_config(config) -> int:
     every ``*max_token_len_per_gpu`` that a whole row has to fit in."""
     rollout = config.actor_rollout_ref.rollout
     budget = int(rollout.prompt_length) + int(rollout.response_length)
-    reply_cap = config.env.get("max_tokens_per_step", None)
+    reply_cap = typed.resolve_env(config.env).max_tokens_per_step
     problems = []
     if not reply_cap:
         problems.append("env.max_tokens_per_step is null: set the cap of one reply (data.max_response_length is the "
@@ -281,16 +284,15 @@ def check_trajectory_config(config) -> int:
     return budget
 
 
-def create_progress_worker(spa_cfg):
+def create_progress_worker(spa_cfg: typed.SPAConfig):
     """SPA's estimator worker (``algorithm.spa.estimator_path``), with the command that makes one if it is missing."""
     from threespo_verl.verl_glue.spa_worker import get_or_create_progress_worker
 
-    path = spa_cfg.get("estimator_path", None)
+    path = spa_cfg.estimator_path
     if not path or not os.path.isdir(str(path)):
         raise FileNotFoundError(
             f"algorithm=spa needs a trained progress estimator: algorithm.spa.estimator_path={path!r} is not a folder. "
             "Make one with  threespo-verl spa collect --env ENV --model MODEL --out traj.jsonl  then  "
             "threespo-verl spa train-estimator --data traj.jsonl --model MODEL --out PE_DIR")
-    return get_or_create_progress_worker(spa_cfg.get("worker_name", None) or "threespo_spa_progress", str(path),
-                                         spa_cfg.get("max_length", None),
-                                         num_gpus=spa_cfg.get("estimator_num_gpus", 0) or 0)
+    return get_or_create_progress_worker(spa_cfg.worker_name, str(path), spa_cfg.max_length,
+                                         num_gpus=spa_cfg.estimator_num_gpus)
