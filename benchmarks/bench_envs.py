@@ -12,10 +12,12 @@
 4. WebShop steps/s and memory per env, when the webshop environment is installed and registered.
 
 ``--workers``: the agent loop's env throughput in episode mode (``play_episode``, the code the agent loop runs) with
-a scripted policy: ``--games`` x ``--group`` ALFWorld episodes run as concurrent sessions on one event loop, their envs
-in this process (every env call blocks the loop, as before env workers) or in 1, 2, ... ``--max-workers`` env
-worker processes (``envs/pool.py``), with a zero-latency policy and with ``--latency`` seconds per reply (a stand-in
-for generation, to show env work overlapping it). Ends with ``episode throughput 2 workers / 1 worker X.XX``.
+a scripted policy, episodes run as concurrent sessions on one event loop, their envs in this process (every env call
+blocks the loop, as before env workers) or in 1, 2, ... ``--max-workers`` env worker processes (``envs/pool.py``):
+first household (4 x ``--games`` tasks x ``--group``, zero latency: the case of the in-process default), then
+``--games`` x ``--group`` ALFWorld episodes with a zero-latency policy and with ``--latency`` seconds per reply (a
+stand-in for generation, to show env work overlapping it). Ends with ``episode throughput 2 workers / 1 worker X.XX``
+(ALFWorld, zero latency).
 
 ``--data`` is an ALFWorld data folder (default: the data home; ``threespo-verl setup alfworld`` installs it).
 """
@@ -192,25 +194,22 @@ async def _concurrent_episodes(tasks, group: int, source, policy, latency: float
     return len(steps), sum(steps), time.perf_counter() - t0
 
 
-def bench_workers(data: Path, tasks, group: int, max_steps: int, max_workers: int, latency: float) -> None:
+def bench_workers(env_name: str, kw: dict, tasks, plans, group: int, max_workers: int, latency: float) -> None:
     import asyncio
 
     from threespo_verl.envs.pool import EnvPool
     from threespo_verl.testing import ScriptedPolicy
 
-    reader = make("alfworld", data_dir=data)
-    policy = ScriptedPolicy(plans={reader.reset(t)[0].goal: reader.walkthrough(t) for t in tasks}, p_malformed=0.05)
-    reader.close()
-    kw = {"data_dir": str(data), "max_steps": max_steps}
-    print(f"ALFWorld episode mode: {len(tasks)} valid_seen games x {group} episodes as concurrent sessions, "
-          f"H={max_steps}, scripted policy; a new env per episode (as the agent loop)")
+    policy = ScriptedPolicy(plans=plans, p_malformed=0.05)
+    print(f"{env_name} episode mode: {len(tasks)} tasks x {group} episodes as concurrent sessions, "
+          f"H={kw['max_steps']}, scripted policy; a new env per episode (as the agent loop)")
     print(f"  {'envs':18s} {'latency':>8s} {'episodes':>8s} {'env steps':>9s} {'wall s':>7s} {'episodes/s':>10s} "
           f"{'steps/s':>8s}")
     rate: dict[tuple[str, float], float] = {}
     for lat in sorted({0.0, latency}):
         for n in range(0, max_workers + 1):
-            pool = EnvPool("alfworld", kw, num_workers=n) if n else None
-            source = pool.env if pool else (lambda: make("alfworld", **kw))
+            pool = EnvPool(env_name, kw, num_workers=n) if n else None
+            source = pool.env if pool else (lambda: make(env_name, **kw))
             name = f"{n} env worker{'s' if n > 1 else ''}" if n else "in-process"
             try:
                 eps, steps, wall = asyncio.run(_concurrent_episodes(tasks, group, source, policy, lat))
@@ -225,6 +224,7 @@ def bench_workers(data: Path, tasks, group: int, max_steps: int, max_workers: in
                                                     if la == lat and k != "in-process"))
     one, two = rate[("1 env worker", 0.0)], rate.get(("2 env workers", 0.0))
     if two is not None:
+        print(f"{env_name}: 1 env worker / in-process {one / rate[('in-process', 0.0)]:.2f}")
         print(f"episode throughput 2 workers / 1 worker {two / one:.2f}")
 
 
@@ -244,9 +244,17 @@ def main() -> None:
     if data is None:
         raise SystemExit("no ALFWorld data: run `threespo-verl setup alfworld` or pass --data DIR")
     if args.workers:
-        seen = make("alfworld", data_dir=data).tasks("valid_seen")
+        from threespo_verl.testing import household_plans
+
+        hh = make("household").tasks("test")[: 4 * args.games]
+        bench_workers("household", {"max_steps": 30}, hh, household_plans(hh), args.group, 2, 0.0)
+        reader = make("alfworld", data_dir=data)
+        seen = reader.tasks("valid_seen")
         tasks = seen[:: max(1, len(seen) // args.games)][: args.games]
-        bench_workers(data, tasks, args.group, args.max_steps, max(2, args.max_workers), args.latency)
+        plans = {reader.reset(t)[0].goal: reader.walkthrough(t) for t in tasks}
+        reader.close()
+        kw = {"data_dir": str(data), "max_steps": args.max_steps}
+        bench_workers("alfworld", kw, tasks, plans, args.group, max(2, args.max_workers), args.latency)
         shutil.rmtree(scratch, ignore_errors=True)
         return
 
