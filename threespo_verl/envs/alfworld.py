@@ -72,6 +72,12 @@ def _install_parse_caches() -> None:
     is cached per template string and deep-copied per use (derivation mutates symbols' contexts); a parsed
     conjunctive query is an immutable ``Rule`` and is shared. About 2.7x more steps/s, byte-identical observations
     and admissible commands (checked on walkthroughs; ``benchmarks/bench_envs.py`` measures it).
+
+    Loading a game translates its PDDL problem for the planner twice over (``PddlEnv.load`` and then ``reset`` each
+    build a ``PddlState``, which translates twice: plain, and optimised for replanning). The last few translations
+    are kept, so a load translates once (about half its time) and another env loading the same game (a fresh env
+    of the search-tree cache, a test's reference env) does not translate. A translation depends only on (domain,
+    problem, options), and its results are only read.
     """
     global _PARSE_CACHE_INSTALLED
     if _PARSE_CACHE_INSTALLED:
@@ -79,6 +85,7 @@ def _install_parse_caches() -> None:
     import functools
 
     import textworld.envs.pddl.textgen as textgen
+    from textworld.envs.pddl import logic as pddl_logic
     from textworld.logic import Rule
 
     parse = textgen._parse_and_convert
@@ -93,6 +100,7 @@ def _install_parse_caches() -> None:
         return copy.deepcopy(parsed[key])
 
     textgen._parse_and_convert = cached_parse
+    pddl_logic.fast_downward.pddl2sas = functools.lru_cache(maxsize=8)(pddl_logic.fast_downward.pddl2sas)
     Rule.parse_conjunctive_query = classmethod(functools.lru_cache(maxsize=4096)(Rule.parse_conjunctive_query.__func__))
     _PARSE_CACHE_INSTALLED = True
 
