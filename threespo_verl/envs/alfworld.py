@@ -110,8 +110,9 @@ def _state_digest(facts) -> str:
     return "alfworld:" + hashlib.blake2b("\n".join(names).encode(), digest_size=16).hexdigest()
 
 
-#: ``PddlEnv`` / ``PddlState`` attributes (textworld 1.7, as alfworld 0.4.2 pins it): what one episode changes, and
-#: what a loaded game shares. ``_Game`` refuses an engine with any other attribute: a copy could not be known exact.
+#: ``PddlEnv`` / ``PddlState`` attributes (textworld 1.7.0, fast-downward-textworld 20.6.4): what one episode
+#: changes, and what a loaded game shares. ``_Game`` refuses an engine with any other attribute, or a planner library
+#: without ``get_state_id``/``set_state_id``: a snapshot of it could not be known exact.
 _ENV_EPISODE = frozenset({"_pddl_state", "state", "prev_state", "_last_action", "_moves"})
 _ENV_SHARED = frozenset({"_entity_infos", "_game_data", "_game_file", "_logic", "downward_lib", "request_infos",
                          "walkthrough"})
@@ -159,9 +160,12 @@ class _Game:
             set(vars(engine._pddl_state)) ^ (_STATE_EPISODE | _STATE_SHARED))
         if unknown:
             raise RuntimeError(f"TextWorld's PddlEnv/PddlState have attributes {sorted(unknown)} that AlfWorldEnv "
-                               f"does not know how to snapshot (a TextWorld version other than alfworld 0.4.2's?)")
-        self.initial = engine
+                               f"does not know how to snapshot (a TextWorld version other than 1.7.0?)")
         self.lib = engine.downward_lib
+        if not (hasattr(self.lib, "get_state_id") and hasattr(self.lib, "set_state_id")):
+            raise RuntimeError("the fast-downward planner library has no get_state_id/set_state_id: AlfWorldEnv "
+                               "needs a fast-downward-textworld that exports them (20.6.4 does)")
+        self.initial = engine
         self.initial_sid = self.lib.get_state_id()
         self.lock = threading.Lock()
         self.holders = 0
