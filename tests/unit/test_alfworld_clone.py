@@ -1,9 +1,9 @@
 """ALFWorld snapshots are exact: a clone equals reset + replay of its node, on walkthrough trees of all six task types.
 
 Each game's tree: the stored walkthrough (its spine) and, at every node on it, two sibling branches (other admissible
-commands, seeded) of two steps each plus one invalid step. The reference for every node and branch is a second
-``AlfWorldEnv`` that never clones (its own loaded game and planner library), reset and replayed from the root; the
-spine is also checked against TextWorld's own engine, reset by TextWorld itself.
+commands, seeded) of two steps each, one of them ending in an invalid step. The reference for every node and branch
+is a second ``AlfWorldEnv`` that never clones (its own loaded games and planner libraries), reset and replayed from
+the root; the spine is also checked against TextWorld's engine driven directly (reset by TextWorld itself).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def replayed(ref, task, prefix):
 
 
 def stock_engine(game_file):
-    """TextWorld's PDDL engine as ALFWorld builds it, with nothing of ours in between."""
+    """TextWorld's PDDL engine as ALFWorld builds it, without our env around it (the process-wide parse and
+    translation caches of ``envs/alfworld.py`` apply to it too)."""
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
     from textworld.envs.pddl import PddlEnv
@@ -76,15 +77,17 @@ def test_clone_equals_reset_and_replay_on_walkthrough_trees(alfworld_data, games
                 with pytest.raises(RuntimeError, match="episode is over"):
                     env.clone().step("look")
                 break
-            # two sibling branches of two steps, on clones stepped in turn (each selects its own planner state)
+            # two sibling branches of two steps (the last one's second step invalid), on clones stepped in turn
+            # (each selects its own planner state on the library they share)
             others = [a for a in obs.admissible_actions if a != action]
             branches = [[a] for a in rng.sample(others, min(SIBLINGS, len(others)))]
             twins = [env.clone() for _ in branches]
             results = [[] for _ in branches]
             for depth in range(2):
-                for branch, twin, got in zip(branches, twins, results):
+                for b, (branch, twin, got) in enumerate(zip(branches, twins, results)):
                     if depth == 1 and twin.observation.admissible_actions:
-                        branch.append(rng.choice(twin.observation.admissible_actions))
+                        invalid = b == len(branches) - 1
+                        branch.append(None if invalid else rng.choice(twin.observation.admissible_actions))
                     if len(branch) > depth:
                         got.append(twin.step(branch[depth]))
             for branch, got in zip(branches, results):
