@@ -2,6 +2,7 @@
 
     python benchmarks/bench_envs.py [--games 8] [--data DIR]
     python benchmarks/bench_envs.py --workers [--games 8] [--group 2] [--max-workers N]
+    python benchmarks/bench_envs.py --branching [--tasks 4] [--max-steps 20] [--group 8] [--data DIR]
 
 1. ALFWorld: our ``AlfWorldEnv`` against the stock ``AlfredTWEnv`` text env on the same valid_seen games, each
    playing the game's stored walkthrough. The stock env is measured as verl-agent builds it for RL (train mode with
@@ -20,6 +21,16 @@ stand-in for generation, to show env work overlapping it). Ends with ``episode t
 (ALFWorld, zero latency).
 
 ``--data`` is an ALFWorld data folder (default: the data home; ``threespo-verl setup alfworld`` installs it).
+
+``--branching``: instead, what search-tree restores cost on ALFWorld. 3SPO's tree exploration and GRPO's episodes on
+the first ``--tasks`` valid_seen games, with the zero-latency scripted policy at the same env-step budget per task
+(G x H), exactly as ``bench_exploration.py --env alfworld`` runs them (its task and plan setup, ``rollout/local.py``).
+3SPO runs twice: "before", an ``AlfWorldEnv`` with cloning switched off (``EnvCache`` restores every node by reset +
+replay of its action prefix), and "after", the shipped env (nodes restored by ``clone``). GRPO never restores a
+node, so one run serves both. Env time is the wall time inside env calls (reset, which loads games, step, clone),
+timed around every env the run creates; with a zero-latency policy it is nearly all of the run. The policy is
+seeded, so before and after build the same trees (checked). The last two lines: replayed env steps per real one
+and 3SPO / GRPO env time, before and after.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from pathlib import Path
 
 from threespo_verl.data import archives_dir, data_dir
 from threespo_verl.envs import available, make
+from threespo_verl.envs.alfworld import AlfWorldEnv
+from threespo_verl.envs.base import TextEnv
 
 
 def resolve_data(kind: str, given: Path | None, scratch: Path) -> Path | None:
@@ -228,33 +241,127 @@ def bench_workers(env_name: str, kw: dict, tasks, plans, group: int, max_workers
         print(f"episode throughput 2 workers / 1 worker {two / one:.2f}")
 
 
+class ReplayAlfWorldEnv(AlfWorldEnv):
+    """ALFWorld with cloning switched off: ``EnvCache`` restores every search-tree node by reset + replay."""
+
+    supports_clone = False
+
+
+class EnvClock:
+    """Wall time and calls inside env methods (reset, step, clone), over every env made by ``factory`` (and their
+    clones)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = {"reset": 0, "step": 0, "clone": 0}
+
+    def factory(self, cls: type[TextEnv], **kwargs):
+        clock = self
+
+        def timed(name):
+            method = getattr(cls, name)
+
+            def call(env, *args):
+                t0 = time.perf_counter()
+                try:
+                    return method(env, *args)
+                finally:
+                    clock.seconds += time.perf_counter() - t0
+                    clock.calls[name] += 1
+
+            return call
+
+        timed_cls = type(f"Timed{cls.__name__}", (cls,), {n: timed(n) for n in self.calls})
+        return lambda: timed_cls(**kwargs)
+
+
+def bench_branching(args, data: Path, scratch: Path) -> None:
+    from bench_exploration import setup
+
+    from threespo_verl.rollout.expand import ScoreParams
+    from threespo_verl.rollout.local import explore_3spo, run_episodes
+    from threespo_verl.store.state_store import StateStore
+    from threespo_verl.testing import ScriptedPolicy, scripted_sampler
+
+    h, g = args.max_steps, args.group
+    tasks, _factory, plans, where = setup("alfworld", args.tasks, h, data, scratch)
+    policy = ScriptedPolicy(plans=plans)
+    budget = g * h
+    print(f"ALFWorld branching: {len(tasks)} tasks ({where}) | budget {budget} env steps per task (G={g} x H={h}) | "
+          f"3SPO G_max={g} | ScriptedPolicy(goal/plan-biased), seed {args.seed}, zero latency")
+    print(f"  {'run':28s} {'real steps':>10s} {'replayed':>9s} {'replayed/real':>13s} {'resets':>7s} {'clones':>7s} "
+          f"{'env s':>8s} {'run s':>8s} {'states':>7s} {'solved':>6s}")
+    rows = {}
+    for label, cls in (("3SPO before (reset+replay)", ReplayAlfWorldEnv), ("3SPO after (clone)", AlfWorldEnv),
+                       ("GRPO episodes", AlfWorldEnv)):
+        clock = EnvClock()
+        factory = clock.factory(cls, data_dir=data, max_steps=h)
+        t0 = time.perf_counter()
+        if label.startswith("3SPO"):
+            r = explore_3spo(tasks, factory, scripted_sampler(policy, args.seed), StateStore(), ScoreParams(g_max=g),
+                             budget=budget, max_envs=1024)
+            real, replayed = r.env_steps, r.replayed_steps
+            states, solved = sum(len(t.state_keys()) for t in r.trees), sum(t.solved for t in r.trees)
+            shape = [sorted(t.state_keys()) for t in r.trees]
+        else:
+            e = run_episodes(tasks, factory, scripted_sampler(policy, args.seed), group_size=g)
+            real, replayed = e.env_steps, 0
+            states, solved, shape = sum(len(s) for s in e.states.values()), sum(e.solved.values()), None
+        run_s = time.perf_counter() - t0
+        assert clock.calls["step"] == real + replayed, (label, clock.calls, real, replayed)
+        rows[label] = {"real": real, "replayed": replayed, "env_s": clock.seconds, "shape": shape}
+        print(f"  {label:28s} {real:>10d} {replayed:>9d} {replayed / real:>13.2f} {clock.calls['reset']:>7d} "
+              f"{clock.calls['clone']:>7d} {clock.seconds:>8.1f} {run_s:>8.1f} {states:>7d} {solved:>6d}", flush=True)
+    before, after, grpo = rows.values()
+    same = before["shape"] == after["shape"] and before["real"] == after["real"]
+    print(f"same trees before and after (states of every tree, real steps): {'yes' if same else 'NO'}")
+    per_step = {k: row["env_s"] / row["real"] for k, row in rows.items()}
+    print(f"3SPO env time before / after = {before['env_s'] / after['env_s']:.1f}x; env s per real step: "
+          + ", ".join(f"{k.split(' (')[0]} {v:.3f}" for k, v in per_step.items()))
+    for name, row in (("alfworld 3spo before", before), ("alfworld 3spo", after)):
+        print(f"{name}: replayed/real {row['replayed'] / row['real']:.2f}, "
+              f"3spo/grpo env time {row['env_s'] / grpo['env_s']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--games", type=int, default=8)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--webshop-data", type=Path, default=None)
     ap.add_argument("--workers", action="store_true", help="env throughput in episode mode, in-process vs env workers")
-    ap.add_argument("--group", type=int, default=2, help="--workers: episodes per game")
-    ap.add_argument("--max-steps", type=int, default=15, help="--workers: episode horizon H")
     ap.add_argument("--max-workers", type=int, default=2, help="--workers: measure 1..N env workers")
     ap.add_argument("--latency", type=float, default=0.05, help="--workers: seconds per reply in the latency runs")
+    ap.add_argument("--branching", action="store_true",
+                    help="instead: 3SPO tree exploration vs GRPO episodes on ALFWorld, restores by replay vs clone")
+    ap.add_argument("--tasks", type=int, default=4, help="--branching: valid_seen games (the first ones)")
+    ap.add_argument("--max-steps", type=int, default=None, help="H (default: --branching 20, --workers 15)")
+    ap.add_argument("--group", type=int, default=None,
+                    help="--branching: G, GRPO's episodes per task = 3SPO's G_max (default 8); --workers: episodes "
+                         "per game (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="--branching: the scripted policy's seed")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench_envs_"))
     data = resolve_data("alfworld", args.data, scratch)
     if data is None:
         raise SystemExit("no ALFWorld data: run `threespo-verl setup alfworld` or pass --data DIR")
+    if args.branching:
+        args.max_steps, args.group = args.max_steps or 20, args.group or 8
+        bench_branching(args, data, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
     if args.workers:
         from threespo_verl.testing import household_plans
 
+        group = args.group or 2
         hh = make("household").tasks("test")[: 4 * args.games]
-        bench_workers("household", {"max_steps": 30}, hh, household_plans(hh), args.group, 2, 0.0)
+        bench_workers("household", {"max_steps": 30}, hh, household_plans(hh), group, 2, 0.0)
         reader = make("alfworld", data_dir=data)
         seen = reader.tasks("valid_seen")
         tasks = seen[:: max(1, len(seen) // args.games)][: args.games]
         plans = {reader.reset(t)[0].goal: reader.walkthrough(t) for t in tasks}
         reader.close()
-        kw = {"data_dir": str(data), "max_steps": args.max_steps}
-        bench_workers("alfworld", kw, tasks, plans, args.group, max(2, args.max_workers), args.latency)
+        kw = {"data_dir": str(data), "max_steps": args.max_steps or 15}
+        bench_workers("alfworld", kw, tasks, plans, group, max(2, args.max_workers), args.latency)
         shutil.rmtree(scratch, ignore_errors=True)
         return
 
