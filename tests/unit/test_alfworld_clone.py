@@ -8,6 +8,8 @@ the root; the spine is also checked against TextWorld's engine driven directly (
 
 from __future__ import annotations
 
+import asyncio
+
 import random
 
 import pytest
@@ -132,10 +134,10 @@ def test_clone_of_a_clone_outlives_the_original(alfworld_data, games):
 def test_env_cache_restores_by_clone(alfworld_data, games):
     task = games[0]
     cache = EnvCache(lambda: make("alfworld", data_dir=alfworld_data, max_steps=MAX_STEPS))
-    env = cache.acquire(task, ())
-    walkthrough = env.walkthrough(task)
+    env = asyncio.run(cache.acquire(task, ()))
+    walkthrough = env.unwrapped.walkthrough(task)
     cache.release(task, (), env)
-    deep = cache.acquire(task, tuple(walkthrough[:2]))  # a descendant of the parked root: clone + 2 steps
+    deep = asyncio.run(cache.acquire(task, tuple(walkthrough[:2])))  # a descendant of the parked root: clone + 2 steps
     assert cache.stats["clones"] == 1 and cache.stats["created"] == 1 and cache.stats["replays"] == 0
     ref = replayed(make("alfworld", data_dir=alfworld_data, max_steps=MAX_STEPS), task, walkthrough[:2])
     assert deep.observation == ref.observation
