@@ -222,6 +222,8 @@ def bench_workers(env_name: str, kw: dict, tasks, plans, group: int, max_workers
     for lat in sorted({0.0, latency}):
         for n in range(0, max_workers + 1):
             pool = EnvPool(env_name, kw, num_workers=n) if n else None
+            if pool:
+                asyncio.run(pool.ready())  # process start-up is not env work
             source = pool.env if pool else (lambda: make(env_name, **kw))
             name = f"{n} env worker{'s' if n > 1 else ''}" if n else "in-process"
             try:

@@ -5,7 +5,8 @@ in any process). Only the model is a scripted client (``ScriptedLLMClient``).
 Fault tolerance through the same loop (``tests/integration/fault_envs.py``, in env worker processes,
 ``env.num_workers=1``): an env worker SIGKILLed in the middle of a 3SPO round or a GRPO step costs nothing (the
 rows are those of an undisturbed run, none lost or duplicated), and an env that keeps failing ends its branches and
-episodes as failed, counted rows while training goes on."""
+episodes as failed, counted rows while training goes on. ALFWorld's 3SPO rounds in an env worker restore every node
+by cloning the engine there, never by replay."""
 
 from __future__ import annotations
 
@@ -168,4 +169,25 @@ def test_failing_env_gives_counted_failed_rows_and_training_goes_on(cluster, tmp
     es = extras(batch)
     assert len(es) == 8 and all(e["env_failed"] and e["done"] and e["step_index"] == 0 for e in es)
     assert tr._episode_metrics(batch)["env/failures"] == 8
+    H.shutdown(r)
+
+
+# ---- ALFWorld in env workers: nodes restored by clone inside the worker --------------------------------------------
+def test_3spo_rounds_on_alfworld_in_env_workers_never_replay(cluster, alfworld_data):
+    model, root = cluster
+    name = uuid.uuid4().hex[:8]
+    r = H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", "env=alfworld",
+                                     f"env.data_dir={alfworld_data}", "env.train_split=valid_seen",
+                                     "env.eval_panel=valid_seen", "env.max_steps=6", "env.num_workers=1"],
+                policy=ScriptedPolicy(p_malformed=0.1))
+    tr = r.trainer
+    tr._refill()
+    rows = []
+    for _ in range(2):  # the root's children are parked clones; the second round expands them
+        update, m = tr.run_round(tr.frontiers.requests())
+        assert m["failed"] == 0 and m["env_failures"] == 0 and m["expanded"] >= 1
+        rows += extras(update)
+    assert rows and all(e["state_key"].startswith("alfworld:") for e in rows)
+    assert {e["step_index"] for e in rows} >= {0, 1}
+    assert sum(e["replayed_steps"] for e in rows) == 0, "an ALFWorld node was restored by replay, not by clone"
     H.shutdown(r)

@@ -189,6 +189,8 @@ def test_env_steps_do_not_block_the_event_loop():
     tasks = make("household").tasks("train")[:2]
     pool = EnvPool(f"{HERE}:Slow", {"max_steps": 30}, num_workers=2)
     try:
+        run(pool.ready())
+
         async def main():
             envs = [pool.env(), pool.env()]
             await asyncio.gather(*[e.reset(t) for e, t in zip(envs, tasks)])

@@ -189,6 +189,8 @@ def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
                 envs[handle] = envs[args[0]].clone()
                 last_task[handle] = last_task.get(args[0], "")
                 out = None
+            elif op == "ping":  # start-up done (``EnvPool.ready``)
+                out = None
             elif op == "release":
                 env = envs.pop(handle, None)
                 if env is not None:
@@ -301,6 +303,10 @@ class EnvPool:
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
+
+    async def ready(self) -> None:
+        """Wait until every worker process has started and answers (spawning imports the package: ~0.3 s)."""
+        await asyncio.gather(*[self._request(w, "ping", -1) for w in range(len(self._workers))])
 
     def close(self) -> None:
         for w in self._workers:

@@ -206,6 +206,10 @@ class EnvConfig(BaseConfig):
     #: restarted and its call retried once); 0 = in the agent-loop process, `auto` = the CPU cores shared among the
     #: agent-loop workers
     num_workers: Any = 0
+    #: an env worker holding more resident memory (MB) is restarted when idle, before it builds a new environment
+    #: (its parked environments are rebuilt by replay when next used); null = never. TextWorld's planner keeps
+    #: ~3-4 MB per ALFWorld game load
+    max_worker_mb: int | None = None
     #: live environments parked per agent-loop worker at search-tree nodes
     max_parked_envs: int = 1024
     #: decode only `<action>A</action>` with A admissible (vLLM structured outputs; for small models)
@@ -225,6 +229,8 @@ class EnvConfig(BaseConfig):
         if self.num_workers != "auto" and not (isinstance(self.num_workers, int) and self.num_workers >= 0):
             raise ValueError(f"env.num_workers={self.num_workers!r}: use auto, 0 (environments in the agent-loop "
                              "process) or a number of env worker processes per agent-loop worker")
+        if self.max_worker_mb is not None and self.max_worker_mb <= 0:
+            raise ValueError(f"env.max_worker_mb must be > 0 or null, got {self.max_worker_mb}")
         if self.max_parked_envs < 1:
             raise ValueError(f"env.max_parked_envs must be >= 1, got {self.max_parked_envs}")
 
