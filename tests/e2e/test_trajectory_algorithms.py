@@ -1,8 +1,7 @@
 """``algorithm=ppo`` and ``algorithm=spa_ppo`` through verl's whole loop on CPU for two steps: trajectory rows from
 vLLM's CPU build, verl's critic (FSDP2) and its ``gae`` estimator, the actor update and the weight sync. The model is
 ``tiny-qwen2-actions`` (real, tiny, format-trained); spa_ppo's progress estimator is that model with an untrained
-value head (a real estimator, not a trained one: this checks the plumbing, not SPA's quality). The default suite
-runs spa_ppo; ppo is marked ``slow``."""
+value head (a real estimator, not a trained one: this checks the plumbing, not SPA's quality). Marked ``slow``."""
 
 from __future__ import annotations
 
@@ -41,8 +40,10 @@ def _run(model, workdir, algo: str, extra=()) -> subprocess.CompletedProcess:
                           check=False)
 
 
-# spa_ppo runs every part ppo runs (trajectory rows, critic, gae) plus the estimator worker; ppo alone is `slow`
-@pytest.mark.parametrize("algo", [pytest.param("ppo", marks=pytest.mark.slow), "spa_ppo"])
+# slow: the default suite covers trajectory rows, verl's real FSDP critic and gae in
+# tests/integration/test_trajectory_rows.py (hand-computed GAE, the critic learns); this is the whole loop with vLLM
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ppo", "spa_ppo"])
 def test_two_steps_with_the_critic_and_gae(tmp_path, model, algo):
     extra = []
     if algo == "spa_ppo":

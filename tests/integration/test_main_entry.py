@@ -12,7 +12,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("algo", ["3spo", "grpo"])
+# grpo takes the same path with another algorithm group: slow
+@pytest.mark.parametrize("algo", ["3spo", pytest.param("grpo", marks=pytest.mark.slow)])
 def test_main_runs_up_to_the_rollout_engine(algo, tmp_path):
     from threespo_verl.models import build_tiny
 
