@@ -43,8 +43,8 @@ from threespo_verl.algos.threespo import (StepReward, branching, state_score, st
 from threespo_verl.envs.actions import DEFAULT_PARSER, ActionParser
 from threespo_verl.envs.base import Observation, Task, TextEnv
 from threespo_verl.envs.prompts import render_prompt
-from threespo_verl.envs.restore import EnvCache
 from threespo_verl.envs.pool import AsyncEnv, EnvFailure, as_async
+from threespo_verl.envs.restore import EnvCache
 from threespo_verl.store.state_store import STATE_SCOPES, scoped_keys
 
 #: ``algorithm.threespo.score_diff``: the score Eq.2's difference term uses (DESIGN §2.2)
@@ -332,8 +332,7 @@ def outcome_reward(branch: Branch, outcome: str = "won") -> float:
 
 
 async def play_episode(task: Task, env: TextEnv | AsyncEnv, sample: SampleFn, *, history_length: int = 2,
-                       few_shot: bool = False,
-                       reasoning: bool = True, parser: ActionParser = DEFAULT_PARSER,
+                       few_shot: bool = False, reasoning: bool = True, parser: ActionParser = DEFAULT_PARSER,
                        render: Callable[..., list[dict[str, str]]] | None = None, outcome: str = "won",
                        invalid_action_penalty: float = 0.0) -> list[EpisodeStep]:
     """Play ``task`` to the end (won, lost, ``env.max_steps`` or a failed env step) with one reply per step
