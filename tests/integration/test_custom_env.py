@@ -49,11 +49,12 @@ def cluster(tmp_path_factory):
     ray.shutdown()
 
 
-def rig(cluster, overrides):
+def rig(cluster, overrides, env=ENV, p_malformed: float = 0.2):
+    """A trainer over the ``env`` settings (default: the counting game) with its own state store."""
     model, root = cluster
     name = uuid.uuid4().hex[:8]
-    return H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", *ENV, *overrides],
-                   policy=ScriptedPolicy(p_malformed=0.2))
+    return H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", *env, *overrides],
+                   policy=ScriptedPolicy(p_malformed=p_malformed))
 
 
 extras, fetch = H.extras, H.fetch
@@ -97,11 +98,7 @@ FAULTY = ["env.name=tests.integration.fault_envs:FaultyHousehold", "env.train_sp
 
 
 def faulty_rig(cluster, markers: Path, overrides):
-    model, root = cluster
-    name = uuid.uuid4().hex[:8]
-    return H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", *FAULTY,
-                                        f"env.data_dir={markers}", *overrides],
-                   policy=ScriptedPolicy(p_malformed=0.2))
+    return rig(cluster, [f"env.data_dir={markers}", *overrides], env=FAULTY)
 
 
 def _round(cluster, markers, kill: bool):
@@ -174,12 +171,8 @@ def test_failing_env_gives_counted_failed_rows_and_training_goes_on(cluster, tmp
 
 # ---- ALFWorld in env workers: nodes restored by clone inside the worker --------------------------------------------
 def test_3spo_rounds_on_alfworld_in_env_workers_never_replay(cluster, alfworld_data):
-    model, root = cluster
-    name = uuid.uuid4().hex[:8]
-    r = H.build(model, root / name, [f"algorithm.threespo.store_name=store-{name}", "env=alfworld",
-                                     f"env.data_dir={alfworld_data}", "env.train_split=valid_seen",
-                                     "env.eval_panel=valid_seen", "env.max_steps=6", "env.num_workers=1"],
-                policy=ScriptedPolicy(p_malformed=0.1))
+    r = rig(cluster, [], env=["env=alfworld", f"env.data_dir={alfworld_data}", "env.train_split=valid_seen",
+                              "env.eval_panel=valid_seen", "env.max_steps=6", "env.num_workers=1"], p_malformed=0.1)
     tr = r.trainer
     tr._refill()
     rows = []

@@ -106,41 +106,32 @@ async def _play_all(pool, tasks, plans, hook=None):
 
 def test_concurrent_sessions_equal_in_process_play(tasks_and_plans):
     tasks, plans = tasks_and_plans
-    pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
-    try:
+    with EnvPool("household", {"max_steps": 30}, num_workers=2) as pool:
         got = run(_play_all(pool, tasks, plans))
         assert pool.stats["failures"] == pool.stats["retries"] == pool.stats["restarts"] == 0
-    finally:
-        pool.close()
     assert got == _sequential(tasks, plans)
 
 
 def test_reused_envs_equal_fresh_ones(tasks_and_plans):
     """Sessions one after another on one worker: each reset reuses the env the previous session released."""
     tasks, plans = tasks_and_plans
-    pool = EnvPool("household", {"max_steps": 30}, num_workers=1)
-    try:
+    with EnvPool("household", {"max_steps": 30}, num_workers=1) as pool:
         got = [run(_play_all(pool, [t], [p]))[0] for t, p in zip(tasks, plans)]
-    finally:
-        pool.close()
     assert got == _sequential(tasks, plans)
 
 
 def test_a_killed_worker_costs_one_retry_and_no_result(tasks_and_plans):
     tasks, plans = tasks_and_plans
-    pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
+    with EnvPool("household", {"max_steps": 30}, num_workers=2) as pool:
 
-    async def kill_once(i, k, env):
-        if i == 0 and k == 2:
-            os.kill(pool.worker_pids()[env.worker], signal.SIGKILL)
-            await asyncio.sleep(0.2)
+        async def kill_once(i, k, env):
+            if i == 0 and k == 2:
+                os.kill(pool.worker_pids()[env.worker], signal.SIGKILL)
+                await asyncio.sleep(0.2)
 
-    try:
         got = run(_play_all(pool, tasks, plans, kill_once))
         assert pool.stats["restarts"] == 1 and pool.stats["failures"] == 0
         assert pool.stats["replayed_steps"] >= 2  # session 0's env rebuilt by replaying its 2 steps
-    finally:
-        pool.close()
     assert got == _sequential(tasks, plans)
 
 
@@ -149,8 +140,7 @@ def test_raising_engine_is_retried_once_then_fails(tmp_path):
     marker = tmp_path / "fail"
     for once, failures in ((True, 0), (False, 1)):
         marker.touch()
-        pool = EnvPool(f"{HERE}:FailOn", {"max_steps": 30, "marker": str(marker), "once": once}, num_workers=1)
-        try:
+        with EnvPool(f"{HERE}:FailOn", {"max_steps": 30, "marker": str(marker), "once": once}, num_workers=1) as pool:
             env = pool.env()
             run(env.reset(task))
 
@@ -165,14 +155,11 @@ def test_raising_engine_is_retried_once_then_fails(tmp_path):
                 obs, _r, _t, _tr, info = run(go())
                 assert not info["valid"]  # the retried step ran on the env rebuilt after 'look'
             assert pool.stats["retries"] == 1 and pool.stats["failures"] == failures
-        finally:
-            pool.close()
 
 
 def test_worker_dying_twice_is_one_counted_failure():
     task = make("household").tasks("train")[0]
-    pool = EnvPool(f"{HERE}:FailOn", {"max_steps": 30}, num_workers=1)
-    try:
+    with EnvPool(f"{HERE}:FailOn", {"max_steps": 30}, num_workers=1) as pool:
         env = pool.env()
         run(env.reset(task))
         with pytest.raises(EnvFailure):
@@ -180,15 +167,12 @@ def test_worker_dying_twice_is_one_counted_failure():
         assert pool.stats["retries"] == 1 and pool.stats["failures"] == 1
         # the pool goes on: the dead worker is restarted (the second restart) and the same env, rebuilt, steps again
         assert run(env.step("look"))[4]["valid"] and pool.stats["restarts"] == 2
-    finally:
-        pool.close()
 
 
 def test_env_steps_do_not_block_the_event_loop():
     """While a worker steps (0.3 s each), another coroutine on the same loop keeps running; 2 workers overlap."""
     tasks = make("household").tasks("train")[:2]
-    pool = EnvPool(f"{HERE}:Slow", {"max_steps": 30}, num_workers=2)
-    try:
+    with EnvPool(f"{HERE}:Slow", {"max_steps": 30}, num_workers=2) as pool:
         run(pool.ready())
 
         async def main():
@@ -212,8 +196,6 @@ def test_env_steps_do_not_block_the_event_loop():
             return ticks, elapsed, {e.worker for e in envs}
 
         ticks, elapsed, workers = run(main())
-    finally:
-        pool.close()
     assert workers == {0, 1}  # spread by load
     assert ticks >= 5  # the loop ran while both envs stepped
     assert elapsed < 0.55  # two 0.3 s steps on two workers overlapped (sequential would take 0.6 s)
@@ -226,8 +208,7 @@ def test_remote_clone_and_cache_restores_equal_replay():
     ref.reset(task)
     for a in plan:
         ref.step(a)
-    pool = EnvPool("household", {"max_steps": 30}, num_workers=2)
-    try:
+    with EnvPool("household", {"max_steps": 30}, num_workers=2) as pool:
         cache = EnvCache(pool.env)
 
         async def go():
@@ -239,8 +220,6 @@ def test_remote_clone_and_cache_restores_equal_replay():
         env, twin = run(go())
         assert twin.observation == ref.observation and twin.worker == env.worker
         assert cache.stats["clones"] == 1 and cache.stats["replayed_steps"] == 1 + 2
-    finally:
-        pool.close()
 
 
 def test_a_failed_branch_is_a_counted_row_not_an_exception(tmp_path):
@@ -248,10 +227,9 @@ def test_a_failed_branch_is_a_counted_row_not_an_exception(tmp_path):
     not won, state unchanged); the other branches and every reply's row are there."""
     marker = tmp_path / "fail"
     marker.touch()
-    pool = EnvPool(f"{HERE}:FailOn", {"max_steps": 30, "marker": str(marker), "once": False}, num_workers=1)
     task = make("household").tasks("train")[0]
     store = StateStore()
-    try:
+    with EnvPool(f"{HERE}:FailOn", {"max_steps": 30, "marker": str(marker), "once": False}, num_workers=1) as pool:
         # the first distinct action steps the node's own env (FailOn); later ones step clones (plain household)
         replies = ["<action>fail</action>", "<action>look</action>", "<action>fail</action>"]
         exp = run(expand_node(task, (), [], EnvCache(pool.env), sequence_sampler(replies), LocalScorer(store),
@@ -263,8 +241,6 @@ def test_a_failed_branch_is_a_counted_row_not_an_exception(tmp_path):
         episode = sequence_sampler(["<action>look</action>", "<action>fail</action>"])
         steps = run(play_episode(task, pool.env(), episode))
         assert len(steps) == 2 and steps[-1].branch.env_failed and steps[-1].branch.r_success == 0.0
-    finally:
-        pool.close()
 
 
 def test_local_env_retries_like_a_worker(tmp_path):
@@ -277,12 +253,9 @@ def test_local_env_retries_like_a_worker(tmp_path):
 
 def test_memory_budget_restarts_an_idle_worker(tasks_and_plans):
     tasks, plans = tasks_and_plans
-    pool = EnvPool("household", {"max_steps": 30}, num_workers=1, max_worker_mb=1)
-    try:
+    with EnvPool("household", {"max_steps": 30}, num_workers=1, max_worker_mb=1) as pool:
         got = run(_play_all(pool, tasks[:2], plans[:2]))
         assert pool.stats["restarts"] >= 1 and pool.stats["failures"] == 0
-    finally:
-        pool.close()
     assert got == _sequential(tasks[:2], plans[:2])
 
 
@@ -294,9 +267,6 @@ def test_alfworld_through_the_pool_matches_in_process(alfworld_data):
     plans = [env.walkthrough(t) for t in tasks]
     expected = [[env.reset(t)[0], *[env.step(a) for a in p]] for t, p in zip(tasks, plans)]
     env.close()
-    pool = EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1)
-    try:
+    with EnvPool("alfworld", {"data_dir": str(alfworld_data), "max_steps": 50}, num_workers=1) as pool:
         got = [run(_play_all(pool, [tasks[i]], [plans[i]]))[0] for i in (0, 1, 0)]
-    finally:
-        pool.close()
     assert got == [expected[0], expected[1], expected[0]] and got[0][-1][4]["won"]

@@ -58,14 +58,18 @@ def _new_stats() -> dict[str, int]:
     return {"calls": 0, "retries": 0, "failures": 0, "restarts": 0, "replayed_steps": 0}
 
 
+#: raised when replaying a node's action prefix ends the episode before the node
+PREFIX_ENDED = ("replaying a node's action prefix ended the episode early; the prefix is not a non-terminal node of "
+                "this task (is the environment deterministic?)")
+
+
 def _replay(env: TextEnv, task: Task, prefix: Sequence[str | None]) -> ResetReturn:
     """Reset ``env`` to ``task`` and step through ``prefix`` (a non-terminal node: raises if the episode ends)."""
     obs, info = env.reset(task)
     for action in prefix:
         obs, _r, terminated, truncated, info = env.step(action)
         if terminated or truncated:
-            raise RuntimeError("replaying an action prefix ended the episode early; the prefix is not a non-terminal "
-                               "node of this task (is the environment deterministic?)")
+            raise RuntimeError(PREFIX_ENDED)
     return obs, info
 
 
@@ -303,6 +307,12 @@ class EnvPool:
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
+
+    def __enter__(self) -> "EnvPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     async def ready(self) -> None:
         """Wait until every worker process has started and answers (spawning imports the package: ~0.3 s)."""

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from threespo_verl.envs.base import Task, TextEnv
-from threespo_verl.envs.pool import AsyncEnv, as_async
+from threespo_verl.envs.pool import PREFIX_ENDED, AsyncEnv, as_async
 
 NodeKey = tuple[str, tuple[str | None, ...]]
 
@@ -130,5 +130,4 @@ class EnvCache:
             _obs, _r, terminated, truncated, _info = await env.step(action)
             self.stats["replayed_steps"] += 1
             if terminated or truncated:
-                raise RuntimeError("replaying a node's action prefix ended the episode early; the prefix is not a "
-                                   "non-terminal node of this task (is the environment deterministic?)")
+                raise RuntimeError(PREFIX_ENDED)
