@@ -21,7 +21,8 @@ policy and trains its progress estimator on them (``threespo-verl spa collect`` 
 every seed). PPO and SPA-PPO train verl's critic on one row per episode (``testbed.algorithm_overrides``).
 
 Per algorithm it prints mean +- 95% CI (t distribution over seeds) of: validation success at fixed env-step
-checkpoints (the last validation at or before each), final success, the area under the success-vs-env-steps curve
+checkpoints (the last validation at or before each), final success, the gain (final - initial success of each
+seed; the 95% CI says whether training moved the policy), the area under the success-vs-env-steps curve
 (normalised by the budget), env steps to reach ``--target`` success, cumulative unique states, LLM calls and
 optimizer steps; it writes ``curves.png`` and ``results.md`` under ``--out``. The last line reads
 ``3spo/grpo: final success X.XX, auc X.XX, convergence X.XX, unique states X.XX`` (ratios of the means;
@@ -176,14 +177,15 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
              f"budget {budget:.0f} env steps per run, {a.seeds} seed(s); mean +- 95% CI over seeds. Total wall time "
              f"{total_s / 60:.1f} min.\n",
              "| algorithm | initial | " + " | ".join(f"@{c:.0f}" for c in checkpoints)
-             + " | final | AUC | env steps to target | env steps used | unique states | LLM calls | optimizer steps "
-             "| wall min |",
-             "|---" * (10 + len(checkpoints)) + "|"]
+             + " | final | gain | AUC | env steps to target | env steps used | unique states | LLM calls "
+             "| optimizer steps | wall min |",
+             "|---" * (11 + len(checkpoints)) + "|"]
     for algo, rs in runs.items():
         curves = [curve(r) for r in rs]
         s = {
             "initial": mean_ci([ys[0] if ys.size else None for _, ys in curves]),
             "final": mean_ci([ys[-1] if ys.size else None for _, ys in curves]),
+            "gain": mean_ci([ys[-1] - ys[0] if ys.size else None for _, ys in curves]),
             "auc": mean_ci([auc(xs, ys, budget) for xs, ys in curves]),
             "to_target": mean_ci([steps_to(xs, ys, a.target, budget) for xs, ys in curves]),
             "unique": mean_ci([last(r, "explore/cumulative_unique_states") for r in rs]),
@@ -202,7 +204,7 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
             return f"{m * scale:.1f}" + ("" if math.isnan(ci) else f" +- {ci * scale:.1f}")
 
         lines.append(f"| {algo} | {f('initial', True)} | " + " | ".join(f(f'@{c:.0f}', True) for c in checkpoints)
-                     + f" | {f('final', True)} | {f('auc', True)} | {f('to_target')} | {f('env_steps')} | "
+                     + f" | {f('final', True)} | {f('gain', True)} | {f('auc', True)} | {f('to_target')} | {f('env_steps')} | "
                      f"{f('unique')} | {f('llm')} | {f('optim')} | {f('wall')} |")
     text = "\n".join(lines) + "\n"
     _plot(runs, out / "curves.png", budget)
