@@ -10,15 +10,15 @@ Protocol (docs/DESIGN.md §8, the testbed in threespo_verl/testbed.py): every ru
 (``data.train_batch_size`` tasks at a time, G = ``--group`` episodes per task for the episode algorithms, g_max = G
 for 3SPO), with the same learning rate, mini-batches of ``algorithm.mini_batch_rows`` rows, outcome (success) and
 invalid-action penalty. Budgets are equal in env steps: a GRPO step spends at most tasks x G x H env steps, and so
-does a step of ``3spo`` (one update once the batch's trees are done, Eq.2 re-scored from their statistics); a step
-of ``3spo_paper`` (the paper's timing: an update after every expansion round, Eq.2 from the round's snapshot) is one
+does a step of ``3spo`` (one update once the batch's trees are done, Eq.2 re-scored from their statistics); a step of
+``3spo_paper`` (the paper's timing: an update after every expansion round, Eq.2 from the round's snapshot) is one
 round of at most tasks x G env steps, so it gets H times the steps (``testbed.steps_per_update``). Trees that spend
-less than their budget (pruned, solved, out of trajectories) leave env steps unspent: the table reports what each
-run used. Validation
-plays the 32 held-out ``easy_test`` tasks once, sampling at temperature 1, before training and every
+less than their budget (pruned, solved, out of trajectories) leave env steps unspent: the table reports what each run
+used. Validation plays the 32 held-out ``easy_test`` tasks once, sampling at temperature 1, before training and every
 ``--val-every`` GRPO-step equivalents. SPA (``spa`` and ``spa_ppo``) first collects trajectories with the initial
-policy and trains its progress estimator on them (``threespo-verl spa collect`` / ``train-estimator``; the same for
-every seed). PPO and SPA-PPO train verl's critic on one row per episode (``testbed.algorithm_overrides``).
+policy and trains its progress estimator on them (``threespo-verl spa collect`` / ``train-estimator`` with
+``testbed.SPA_ESTIMATOR``; the same for every seed). PPO and SPA-PPO train verl's critic on one row per episode
+(``testbed.algorithm_overrides``).
 
 Per algorithm it prints mean +- 95% CI (t distribution over seeds) of: validation success at fixed env-step
 checkpoints (the last validation at or before each), final success, the gain (final - initial success of each
@@ -99,8 +99,9 @@ def last(rows, key: str) -> float:
     return float(vals[-1]) if vals else float("nan")
 
 
-def spa_estimator(model: Path, out: Path, tasks: int, m: int) -> Path:
-    """SPA stages 2-3 on the testbed with the initial policy (resumable: a finished estimator is reused)."""
+def spa_estimator(model: Path, out: Path, tasks: int, m: int, lr: float, epochs: int) -> Path:
+    """SPA stages 2-3 on the testbed with the initial policy (``testbed.SPA_ESTIMATOR``; resumable: a finished
+    estimator is reused)."""
     pe = out / "pe"
     if (pe / "spa_pe.json").exists():
         return pe
@@ -111,8 +112,8 @@ def spa_estimator(model: Path, out: Path, tasks: int, m: int) -> Path:
                     "--m", str(m), "--model", str(model), "--out", str(traj), "--max-steps", str(env["max_steps"]),
                     "--history-length", str(env["history_length"]), "--no-reasoning", "--constrain-actions"],
                    check=True)
-    subprocess.run([*base, "train-estimator", "--data", str(traj), "--model", str(model), "--out", str(pe)],
-                   check=True)
+    subprocess.run([*base, "train-estimator", "--data", str(traj), "--model", str(model), "--out", str(pe),
+                    "--lr", str(lr), "--epochs", str(epochs)], check=True)
     return pe
 
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = testbed.steps_per_update(algo, h)
         extra = list(testbed.algorithm_overrides(algo, a.group))
         if algo in ("spa", "spa_ppo"):
-            extra.append(f"algorithm.spa.estimator_path={spa_estimator(model, out / 'spa', 64, 4)}")
+            extra.append(f"algorithm.spa.estimator_path={spa_estimator(model, out / 'spa', **testbed.SPA_ESTIMATOR)}")
         for seed in range(a.seeds):
             run_dir = out / f"{algo}-seed{seed}"
             if not (run_dir / "done.json").exists():
@@ -204,8 +205,8 @@ def report(runs, walls, budget, a, out: Path, total_s: float) -> None:
             return f"{m * scale:.1f}" + ("" if math.isnan(ci) else f" +- {ci * scale:.1f}")
 
         lines.append(f"| {algo} | {f('initial', True)} | " + " | ".join(f(f'@{c:.0f}', True) for c in checkpoints)
-                     + f" | {f('final', True)} | {f('gain', True)} | {f('auc', True)} | {f('to_target')} | {f('env_steps')} | "
-                     f"{f('unique')} | {f('llm')} | {f('optim')} | {f('wall')} |")
+                     + f" | {f('final', True)} | {f('gain', True)} | {f('auc', True)} | {f('to_target')} | "
+                     f"{f('env_steps')} | {f('unique')} | {f('llm')} | {f('optim')} | {f('wall')} |")
     text = "\n".join(lines) + "\n"
     _plot(runs, out / "curves.png", budget)
     (out / "results.md").write_text(text + "\n![curves](curves.png)\n")

@@ -4,11 +4,12 @@
     python benchmarks/bench_update_cost.py --steps 2 --tasks 1 --group 4   # a small batch: about 20 min
 
 Each (model, variant) pair trains GRPO for ``--steps`` steps on the CPU learning testbed (threespo_verl/testbed.py:
-household ``easy_train``, ``--tasks`` x ``--group`` episodes per step, replies of at most 48 tokens) through verl's real loop, and reads
-verl's own stage timers from the run's metrics log: ``timing_s/old_log_prob`` (the actor's forward that recomputes the
-rollout's log-probs), ``timing_s/ref`` (the reference forward; verl runs it only with a KL term), ``timing_s/
-update_actor`` (the FSDP update) and ``timing_s/update_weights`` (the weight sync into vLLM), divided by the update's
-rows (``actor/update_rows``). The first step is left out (it warms caches up); the others are averaged.
+household ``easy_train``, ``--tasks`` x ``--group`` episodes per step, replies of at most 48 tokens) through verl's
+real loop, and reads verl's own stage timers from the run's metrics log: ``timing_s/old_log_prob`` (the actor's
+forward that recomputes the rollout's log-probs), ``timing_s/ref`` (the reference forward; verl runs it only with a KL
+term), ``timing_s/update_actor`` (the FSDP update) and ``timing_s/update_weights`` (the weight sync into vLLM),
+divided by the update's rows (``actor/update_rows``). The first step is left out (it warms caches up); the others are
+averaged.
 
 Variants:
 

@@ -25,6 +25,11 @@ from pathlib import Path
 #: the behaviour-cloning warm start of ``tiny-qwen2-bc`` (changing a value rebuilds the model)
 BC = dict(noise=0.5, demos=4000, steps=300, batch=16, lr=3e-3, seed=0, max_steps=5, history_length=1)
 
+#: SPA's progress estimator on the testbed (``spa collect`` / ``spa train-estimator``): trajectories of the initial
+#: policy and the estimator's optimizer. The CLI's defaults (lr 1e-5, 1 epoch) are SPA's for 1.5B/7B models; on
+#: ``tiny-qwen2-bc`` they leave the held-out MSE of sum_t c_t vs R at 0.148 (predicting 0: 0.154), these reach 0.035.
+SPA_ESTIMATOR = dict(tasks=64, m=4, lr=1e-3, epochs=15)
+
 #: the testbed's environment settings (``env.*``)
 ENV = {"name": "household", "train_split": "easy_train", "eval_panel": "easy_test", "max_steps": 5,
        "history_length": 1, "reasoning": False, "few_shot": False, "constrain_actions": True}
