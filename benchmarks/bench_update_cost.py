@@ -21,7 +21,8 @@ Variants:
   ``algorithm.rollout_correction.bypass_mode``: one on-policy pass, PPO ratio against the sampling policy), which
   ``actor_rollout_ref.rollout.calculate_log_probs=true`` makes vLLM return with each reply.
 
-It prints a table and, per model, ``MODEL: s/row today X.XXX, levers X.XXX, speed-up X.XXx``.
+It prints a table (with the actor worker's peak memory) and, per model,
+``MODEL: s/row today X.XXX, levers X.XXX, speed-up X.XXx``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def per_row(rows: list[dict], skip: int = 1) -> dict[str, float]:
     out["rows"] = float(np.mean([r["actor/update_rows"] for r in steps]))
     tokens = [r.get("prompt_length/mean", 0.0) + r.get("response_length/mean", 0.0) for r in steps]
     out["tokens_per_row"] = float(np.mean(tokens))
+    # the actor worker's peak resident set over the whole run (verl's device memory statistic; on CPU, RSS)
+    out["actor_peak_gb"] = max((r.get("actor/perf/max_memory_allocated_gb", 0.0) for r in rows), default=0.0)
     return out
 
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=4, help="tasks per step (data.train_batch_size)")
     ap.add_argument("--group", type=int, default=8, help="episodes per task (rollout.n)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_update_cost"))
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. "
+                    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1024 (tokens per micro-batch)")
     a = ap.parse_args(argv)
     from threespo_verl import models
 
@@ -82,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                 overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", a.group),
                              f"actor_rollout_ref.model.path={path}", f"data.train_batch_size={a.tasks}",
                              "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
-                             "data.seed=0", *extra]
+                             "data.seed=0", *a.overrides, *extra]
                 wall = testbed.run_training(overrides, run, a.steps, f"{label} {variant}")
                 (run / "done.json").write_text(json.dumps({"wall_s": wall}))
             results[(label, variant)] = per_row(metrics_log.read(str(run / "metrics.jsonl")))
     print(f"\n{'model':<16} {'variant':<8} {'rows':>6} {'tok/row':>8} "
-          + " ".join(f"{s:>15}" for s in STAGES) + f" {'s/row':>8}")
+          + " ".join(f"{s:>15}" for s in STAGES) + f" {'s/row':>8} {'actor GB':>9}")
     for (label, variant), r in results.items():
         print(f"{label:<16} {variant:<8} {r['rows']:>6.0f} {r['tokens_per_row']:>8.0f} "
-              + " ".join(f"{r[s]:>15.4f}" for s in STAGES) + f" {r['total']:>8.4f}")
+              + " ".join(f"{r[s]:>15.4f}" for s in STAGES) + f" {r['total']:>8.4f} {r['actor_peak_gb']:>9.2f}")
     print()
     for label in dict.fromkeys(k[0] for k in results):
         before, after = results[(label, "today")]["total"], results[(label, "levers")]["total"]
