@@ -101,10 +101,12 @@ def last(rows, key: str) -> float:
 
 def spa_estimator(model: Path, out: Path, tasks: int, m: int, lr: float, epochs: int) -> Path:
     """SPA stages 2-3 on the testbed with the initial policy (``testbed.SPA_ESTIMATOR``; resumable: a finished
-    estimator is reused)."""
+    estimator trained with these settings is reused, one trained with others is trained again)."""
     pe = out / "pe"
     if (pe / "spa_pe.json").exists():
-        return pe
+        done = json.loads((pe / "spa_pe.json").read_text())["metrics"]
+        if (done["lr"], done["epochs"], done["n_trajectories"]) == (lr, epochs, tasks * m):
+            return pe
     traj = out / "traj.jsonl"
     env = testbed.ENV
     base = [sys.executable, "-m", "threespo_verl.cli", "spa"]
