@@ -17,18 +17,22 @@ Variants:
   could not on CPU anyway: verl's FSDP2 engine shards a forward-only model with ``CPUOffloadPolicy(pin_memory=True)``,
   and pinning memory needs an accelerator), and the actor recomputes the rollout's log-probs as old log-probs
   (verl's decoupled mode: one extra forward over every row).
-* ``levers``: the rollout engine's log-probs serve as old log-probs (verl's
+* ``bypass``: the rollout engine's log-probs serve as old log-probs (verl's
   ``algorithm.rollout_correction.bypass_mode``: one on-policy pass, PPO ratio against the sampling policy), which
   ``actor_rollout_ref.rollout.calculate_log_probs=true`` makes vLLM return with each reply.
+* ``levers``: ``bypass`` plus one OpenMP thread per core for verl's Ray workers (``threespo_trainer_cpu`` gives them
+  one, ``ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS``): the FSDP worker's forward and backward then use
+  every core while vLLM, which keeps its own ``THREESPO_VLLM_OMP_THREADS``, waits for the next rollout.
 
 It prints a table (with the actor worker's peak memory) and, per model,
-``MODEL: s/row today X.XXX, levers X.XXX, speed-up X.XXx``.
+``MODEL: s/row today X.XXX, bypass X.XXX, levers X.XXX, speed-up X.XXx`` (today / levers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -38,9 +42,11 @@ from threespo_verl import testbed
 from threespo_verl.verl_glue import metrics_log
 
 STAGES = ("old_log_prob", "ref", "update_actor", "update_weights")
+BYPASS = ["algorithm.rollout_correction.bypass_mode=true", "actor_rollout_ref.rollout.calculate_log_probs=true"]
 VARIANTS = {
     "today": [],
-    "levers": ["algorithm.rollout_correction.bypass_mode=true", "actor_rollout_ref.rollout.calculate_log_probs=true"],
+    "bypass": BYPASS,
+    "levers": [*BYPASS, f'ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS="{os.cpu_count() or 1}"'],
 }
 
 
@@ -81,15 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         label = Path(name).name
         for variant, extra in VARIANTS.items():
             run = out / f"{label}-{variant}"
-            if not (run / "done.json").exists():
-                if run.exists():  # a run cut short (killed): start it again from scratch, not on its old log
+            overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", a.group),
+                         f"actor_rollout_ref.model.path={path}", f"data.train_batch_size={a.tasks}",
+                         "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
+                         "data.seed=0", *a.overrides, *extra]
+            done = run / "done.json"
+            # a finished run is reused only when it ran these overrides and steps (not a run cut short by a kill, nor
+            # one from other settings in the same --out folder)
+            if not done.exists() or json.loads(done.read_text()).get("overrides") != [*overrides, f"steps={a.steps}"]:
+                if run.exists():
                     shutil.rmtree(run)
-                overrides = [*testbed.overrides(val_tasks=1), *testbed.algorithm_overrides("grpo", a.group),
-                             f"actor_rollout_ref.model.path={path}", f"data.train_batch_size={a.tasks}",
-                             "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
-                             "data.seed=0", *a.overrides, *extra]
                 wall = testbed.run_training(overrides, run, a.steps, f"{label} {variant}")
-                (run / "done.json").write_text(json.dumps({"wall_s": wall}))
+                done.write_text(json.dumps({"wall_s": wall, "overrides": [*overrides, f"steps={a.steps}"]}))
             results[(label, variant)] = per_row(metrics_log.read(str(run / "metrics.jsonl")))
     print(f"\n{'model':<16} {'variant':<8} {'rows':>6} {'tok/row':>8} "
           + " ".join(f"{s:>15}" for s in STAGES) + f" {'s/row':>8} {'actor GB':>9}")
@@ -98,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{r[s]:>15.4f}" for s in STAGES) + f" {r['total']:>8.4f} {r['actor_peak_gb']:>9.2f}")
     print()
     for label in dict.fromkeys(k[0] for k in results):
-        before, after = results[(label, "today")]["total"], results[(label, "levers")]["total"]
-        print(f"{label}: s/row today {before:.3f}, levers {after:.3f}, speed-up {before / after:.2f}x")
+        before, bypass, after = (results[(label, v)]["total"] for v in ("today", "bypass", "levers"))
+        print(f"{label}: s/row today {before:.3f}, bypass {bypass:.3f}, levers {after:.3f}, "
+              f"speed-up {before / after:.2f}x")
     return 0
 
 

@@ -32,13 +32,18 @@ from threespo_verl.verl_glue import metrics_log
 
 def _overrides(algo: str, model: Path, a) -> list[str]:
     scale = testbed.steps_per_update(algo, a.max_steps)
-    return [*testbed.overrides(a.val_tasks), *testbed.algorithm_overrides(algo, a.group),
+    return [*testbed.overrides(a.val_tasks, a.micro_batch_tokens), *testbed.algorithm_overrides(algo, a.group),
             f"actor_rollout_ref.model.path={model}", f"env.max_steps={a.max_steps}",
             f"trainer.save_freq={a.steps * scale}", f"trainer.test_freq={a.val_every * scale}",
             f"trainer.val_before_train={'true' if algo == '3spo' else 'false'}", f"data.train_batch_size={a.tasks}",
             f"actor_rollout_ref.actor.optim.lr={a.lr}", f"algorithm.mini_batch_rows={a.mini_batch_rows}",
             "rollout_probe.enable=true", f"trainer.experiment_name=demo-{algo}", "data.seed=0",
             "algorithm.threespo.sample_seed=0"]
+
+
+def micro_batch_tokens(model: str) -> int:
+    """The testbed's tokens per actor micro-batch for ``--model`` (a setup name or a folder)."""
+    return testbed.MICRO_BATCH_TOKENS.get(Path(model).name, testbed.MICRO_BATCH_TOKENS["other"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mini-batch-rows", type=int, default=64, help="rows per optimizer step (both algorithms)")
     ap.add_argument("--model", default="tiny-qwen2-bc",
                     help="a model name of threespo-verl setup model, or a model folder (default tiny-qwen2-bc)")
+    ap.add_argument("--micro-batch-tokens", type=int, default=None,
+                    help="tokens per actor micro-batch (default 4096 for tiny-qwen2-bc, 1024 for any other model, "
+                         "which keeps SmolLM2-135M's update within a 24 GB machine)")
     a = ap.parse_args(argv)
+    a.micro_batch_tokens = a.micro_batch_tokens or micro_batch_tokens(a.model)
     a.steps = a.steps or (2 if a.quick else 8)
     a.val_every = a.val_every or (1 if a.quick else 2)
 

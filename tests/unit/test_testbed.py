@@ -73,3 +73,12 @@ def test_overrides_compose_with_the_cpu_config():
     assert cfg.env.constrain_actions is True and cfg.env.reasoning is False
     assert cfg.algorithm.threespo.g_max == 8 and cfg.actor_rollout_ref.rollout.n == 1
     assert cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 1.0
+
+
+def test_demo_caps_micro_batches_for_models_larger_than_the_testbed_policy():
+    from threespo_verl.demo import micro_batch_tokens
+
+    assert micro_batch_tokens("tiny-qwen2-bc") == 4096
+    assert micro_batch_tokens("/models/tiny-qwen2-bc") == 4096
+    assert micro_batch_tokens("smollm2-135m") == 1024  # 4,096 was killed for memory on a 24 GB machine
+    assert "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1024" in testbed.overrides(32, 1024)
