@@ -62,7 +62,8 @@ if has cpu; then
     fi
     step "torch==$TORCH_CPU (CPU build $resolved)" python -m pip install --quiet "torch==$TORCH_CPU"
   fi
-  if ! python -c "import sys, torch
+  # (numpy arrives with the project's own requirements below; torch warns at import until then, which is moot here)
+  if ! python -W "ignore:Failed to initialize NumPy" -c "import sys, torch
 sys.exit(0 if torch.version.cuda is None and torch.__version__.endswith('+cpu') else 1)"; then
     echo "error: install step failed: the installed torch is not the CPU build ($(dist_version torch));" \
       "$CPU_INDEX_HINT" >&2
