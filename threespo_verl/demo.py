@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny-qwen2-bc",
                     help="a model name of threespo-verl setup model, or a model folder (default tiny-qwen2-bc)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None,
-                    help="tokens per actor micro-batch (default 4096 for tiny-qwen2-bc, 1024 for any other model, "
-                         "which keeps SmolLM2-135M's update within a 24 GB machine)")
+                    help="tokens per actor micro-batch (default 4096 for tiny-qwen2-bc; for any other model 1072, the "
+                         "longest testbed row, which keeps SmolLM2-135M's update within a 24 GB machine)")
     a = ap.parse_args(argv)
     a.micro_batch_tokens = a.micro_batch_tokens or micro_batch_tokens(a.model)
     a.steps = a.steps or (2 if a.quick else 8)

@@ -36,18 +36,23 @@ ENV = {"name": "household", "train_split": "easy_train", "eval_panel": "easy_tes
        "history_length": 1, "reasoning": False, "few_shot": False, "constrain_actions": True}
 
 
+#: the testbed's longest prompt and reply, in tokens (``data.max_prompt_length``, ``data.max_response_length``);
+#: replies are ~12 tokens, but constrained decoding may spell an action in more, smaller tokens: leave room
+PROMPT_TOKENS, REPLY_TOKENS = 1024, 48
+
 #: tokens per actor micro-batch (``actor_rollout_ref.actor.ppo_max_token_len_per_gpu``) for ``tiny-qwen2-bc``, and
 #: for any other model: SmolLM2-135M's update at 4,096 tokens was killed by Ray's memory monitor on a 24 GB machine
-#: (fp32 logits over its 49,152-token vocabulary, several copies per micro-batch); at 1,024 its actor peaks at ~5 GB
-MICRO_BATCH_TOKENS = {"tiny-qwen2-bc": 4096, "other": 1024}
+#: (fp32 logits over its 49,152-token vocabulary, several copies per micro-batch); at 1,024 its actor peaks at ~5 GB.
+#: The smaller cap is the longest row the testbed allows, so that verl's check (cap >= every row's length) holds.
+MICRO_BATCH_TOKENS = {"tiny-qwen2-bc": 4096, "other": PROMPT_TOKENS + REPLY_TOKENS}
 
 
 def overrides(val_tasks: int = 32, micro_batch_tokens: int = MICRO_BATCH_TOKENS["tiny-qwen2-bc"]) -> list[str]:
     """Hydra overrides that put a ``threespo_trainer_cpu`` run on the testbed (env, prompt and response lengths,
     validation sampled at temperature 1 on the whole held-out panel, ``micro_batch_tokens`` per actor micro-batch)."""
     env = [f"env.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ENV.items() if k != "name"]
-    # replies are ~12 tokens; constrained decoding may spell an action in more, smaller tokens: leave room
-    return ["env=household", *env, "data.max_prompt_length=1024", "data.max_response_length=48",
+    return ["env=household", *env, f"data.max_prompt_length={PROMPT_TOKENS}",
+            f"data.max_response_length={REPLY_TOKENS}",
             f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={micro_batch_tokens}",
             f"data.val_max_samples={val_tasks}",
             "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
