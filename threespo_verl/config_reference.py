@@ -100,19 +100,26 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str:
-    """The text between ``BEGIN`` and ``END`` in a README (ValueError naming the markers when absent)."""
+def _span(text: str) -> tuple[int, int]:
+    """Where the text between ``BEGIN`` and ``END`` starts and ends (ValueError naming the markers when absent)."""
     try:
         start = text.index(BEGIN) + len(BEGIN)
-        return text[start:text.index(END, start)].strip("\n")
+        return start, text.index(END, start)
     except ValueError:
         raise ValueError(f"the README has no configuration reference between {BEGIN!r} and {END!r}") from None
 
 
+def readme_block(text: str) -> str:
+    """The text between ``BEGIN`` and ``END`` in a README (ValueError naming the markers when absent)."""
+    start, end = _span(text)
+    return text[start:end].strip("\n")
+
+
 def write(readme: Path) -> None:
+    """Replace whatever stands between the README's markers (even nothing) by ``table()``; the rest stays as it is."""
     text = readme.read_text()
-    old = readme_block(text)
-    readme.write_text(text.replace(old, table(), 1))
+    start, end = _span(text)
+    readme.write_text(f"{text[:start]}\n{table()}\n{text[end:]}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,3 +62,24 @@ def test_bad_env_values_name_the_key():
         resolve_env({"num_workers": -1})
     with pytest.raises(ValueError, match=r"unknown env key\(s\) \['max_step'\]"):
         resolve_env({"max_step": 5})
+
+
+@pytest.mark.parametrize("stale", ["", "\n", "\n| key | default | meaning |\n|---|---|---|\n| `old` | `1` | gone |\n"])
+def test_write_replaces_only_the_block_between_the_markers(stale, tmp_path):
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nintro\n\n", "\n\n## Next\ntext\n"
+    readme.write_text(f"{before}{C.BEGIN}{stale}{C.END}{after}")
+    C.main(["--write", str(readme)])
+    text = readme.read_text()
+    assert text == f"{before}{C.BEGIN}\n{C.table()}\n{C.END}{after}"
+    assert C.readme_block(text) == C.table()
+    C.main(["--write", str(readme)])
+    assert readme.read_text() == text  # idempotent
+
+
+def test_write_without_markers_names_them_and_leaves_the_file(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n")
+    with pytest.raises(ValueError, match="config-reference"):
+        C.main(["--write", str(readme)])
+    assert readme.read_text() == "# Title\n"
