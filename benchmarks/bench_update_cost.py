@@ -67,6 +67,13 @@ def per_row(rows: list[dict], skip: int = 1) -> dict[str, float]:
     return out
 
 
+def finished(run: Path, record: list[str]) -> bool:
+    """Whether ``run`` holds a finished run of exactly ``record`` (its overrides and ``steps=N``): a run cut short by a
+    kill has no ``done.json``, and one from other settings in the same ``--out`` folder must not be reused."""
+    done = run / "done.json"
+    return done.exists() and json.loads(done.read_text()).get("overrides") == record
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="smollm2-135m,tiny-qwen2-bc",
@@ -91,14 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"actor_rollout_ref.model.path={path}", f"data.train_batch_size={a.tasks}",
                          "algorithm.mini_batch_rows=64", "trainer.save_freq=-1", "trainer.test_freq=-1",
                          "data.seed=0", *a.overrides, *extra]
-            done = run / "done.json"
-            # a finished run is reused only when it ran these overrides and steps (not a run cut short by a kill, nor
-            # one from other settings in the same --out folder)
-            if not done.exists() or json.loads(done.read_text()).get("overrides") != [*overrides, f"steps={a.steps}"]:
+            record = [*overrides, f"steps={a.steps}"]
+            if not finished(run, record):
                 if run.exists():
                     shutil.rmtree(run)
                 wall = testbed.run_training(overrides, run, a.steps, f"{label} {variant}")
-                done.write_text(json.dumps({"wall_s": wall, "overrides": [*overrides, f"steps={a.steps}"]}))
+                (run / "done.json").write_text(json.dumps({"wall_s": wall, "overrides": record}))
             results[(label, variant)] = per_row(metrics_log.read(str(run / "metrics.jsonl")))
     print(f"\n{'model':<16} {'variant':<8} {'rows':>6} {'tok/row':>8} "
           + " ".join(f"{s:>15}" for s in STAGES) + f" {'s/row':>8} {'actor GB':>9}")
