@@ -40,6 +40,22 @@ class FailOn(HouseholdEnv):
         return super().step(action)
 
 
+class Hang(HouseholdEnv):
+    """Test env: the household game that hangs (sleeps far past the pool's timeout) on the command ``hang`` while
+    ``marker`` exists; the first hang deletes the marker when ``once``."""
+
+    def __init__(self, marker: str = "", once: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.marker, self.once = marker, once
+
+    def step(self, action):
+        if action == "hang" and Path(self.marker).exists():
+            if self.once:
+                Path(self.marker).unlink()
+            time.sleep(120)
+        return super().step(action)
+
+
 class Slow(HouseholdEnv):
     """Test env: every step takes 0.3 s of wall time in its worker."""
 
@@ -167,6 +183,33 @@ def test_worker_dying_twice_is_one_counted_failure():
         assert pool.stats["retries"] == 1 and pool.stats["failures"] == 1
         # the pool goes on: the dead worker is restarted (the second restart) and the same env, rebuilt, steps again
         assert run(env.step("look"))[4]["valid"] and pool.stats["restarts"] == 2
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_hung_worker_is_killed_after_the_timeout_and_retried_once(once, tmp_path):
+    task = make("household").tasks("train")[0]
+    marker = tmp_path / "hang"
+    marker.touch()
+    with EnvPool(f"{HERE}:Hang", {"max_steps": 30, "marker": str(marker), "once": once}, num_workers=1,
+                 timeout=1.5) as pool:
+        env = pool.env()
+        run(env.reset(task))
+        first = pool.worker_pids()[0]
+        run(env.step("look"))
+        t0 = time.monotonic()
+        if once:
+            # the hung worker is killed; a new one rebuilds the env (reset + 'look') and the step runs there
+            assert not run(env.step("hang"))[4]["valid"]
+            assert pool.stats["restarts"] == 1 and pool.stats["failures"] == 0
+        else:
+            with pytest.raises(EnvFailure, match="did not answer within 1.5 s"):
+                run(env.step("hang"))
+            assert pool.stats["restarts"] == 1 and pool.stats["failures"] == 1
+        assert pool.stats["retries"] == 1 and pool.stats["replayed_steps"] >= 1
+        assert time.monotonic() - t0 < 60, "the hung call was waited out instead of timed out"
+        assert first not in pool.worker_pids()
+        # the pool goes on with the same env, rebuilt on a fresh worker
+        assert run(env.step("look"))[4]["valid"]
 
 
 def test_env_steps_do_not_block_the_event_loop():
