@@ -56,6 +56,13 @@ class Hang(HouseholdEnv):
         return super().step(action)
 
 
+class CloneFails(HouseholdEnv):
+    """Test env: the household game whose ``clone`` raises (an engine that claims to clone but cannot now)."""
+
+    def clone(self):
+        raise ValueError("engine cannot clone now")
+
+
 class Slow(HouseholdEnv):
     """Test env: every step takes 0.3 s of wall time in its worker."""
 
@@ -263,6 +270,32 @@ def test_remote_clone_and_cache_restores_equal_replay():
         env, twin = run(go())
         assert twin.observation == ref.observation and twin.worker == env.worker
         assert cache.stats["clones"] == 1 and cache.stats["replayed_steps"] == 1 + 2
+
+
+def test_a_failed_remote_clone_falls_back_to_reset_and_replay():
+    task = make("household").tasks("train")[3]
+    plan = make("household").oracle_actions(task)
+    ref = make("household", max_steps=30)
+    ref.reset(task)
+    for a in plan[:3]:
+        ref.step(a)
+    with EnvPool(f"{HERE}:CloneFails", {"max_steps": 30}, num_workers=1) as pool:
+        assert pool.supports_clone
+
+        async def go():
+            env = pool.env()
+            await env.reset(task)
+            for a in plan[:2]:
+                await env.step(a)
+            twin = await env.clone()  # the worker's clone raises: the twin is built by reset + replay instead
+            twin_step = await twin.step(plan[2])
+            env_step = await env.step(plan[2])  # the original is rebuilt before its next call, and steps the same
+            return twin, twin_step, env_step
+
+        twin, twin_step, env_step = run(go())
+        assert twin.observation == ref.observation
+        assert twin_step == env_step
+        assert pool.stats["failures"] == 0 and pool.stats["restarts"] == 0
 
 
 def test_a_failed_branch_is_a_counted_row_not_an_exception(tmp_path):
