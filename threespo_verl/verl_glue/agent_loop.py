@@ -90,7 +90,7 @@ def env_factory(env: typed.EnvConfig, agent_workers: int = 1):
     n = env_workers(env, agent_workers)
     if n == 0:
         return lambda: make(env.name, **kw)
-    key = json.dumps([env.name, kw, n], sort_keys=True)
+    key = json.dumps([env.name, kw, n, env.max_worker_mb], sort_keys=True)
     if key not in _POOLS:
         _POOLS[key] = EnvPool(env.name, kw, num_workers=n, max_worker_mb=env.max_worker_mb)
         logger.info("env %s: %d env worker process(es) for this agent-loop worker", env.name, n)
