@@ -3,6 +3,7 @@ results table is made of these numbers."""
 
 from __future__ import annotations
 
+import json
 import importlib.util
 import math
 from pathlib import Path
@@ -52,3 +53,24 @@ def test_curve_puts_the_initial_validation_at_zero_env_steps():
             {"step": 2, bl.VAL: 0.75, "explore/cumulative_env_steps": 250}]
     xs, ys = bl.curve(rows)
     assert xs.tolist() == [0.0, 250.0] and ys.tolist() == [0.25, 0.75]
+
+
+def test_a_saved_spa_estimator_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bl.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    pe = tmp_path / "spa" / "pe"
+    pe.mkdir(parents=True)
+    (pe / "spa_pe.json").write_text(json.dumps({"metrics": {"lr": 1e-4, "epochs": 3, "n_trajectories": 32}}))
+    model = tmp_path / "model"
+    # same lr, epochs and trajectory count (tasks x m): the saved estimator, nothing run
+    assert bl.spa_estimator(model, tmp_path / "spa", tasks=8, m=4, lr=1e-4, epochs=3) == pe and calls == []
+    # any other setting: collect, then train the estimator with the new settings
+    for settings in ({"tasks": 8, "m": 4, "lr": 3e-4, "epochs": 3}, {"tasks": 8, "m": 4, "lr": 1e-4, "epochs": 5},
+                     {"tasks": 16, "m": 4, "lr": 1e-4, "epochs": 3}):
+        calls.clear()
+        assert bl.spa_estimator(model, tmp_path / "spa", **settings) == pe
+        (collect, train) = calls
+        assert collect[3:5] == ["spa", "collect"] and ["--tasks", str(settings["tasks"])] == collect[9:11]
+        assert train[3:5] == ["spa", "train-estimator"]
+        assert train[train.index("--lr") + 1] == str(settings["lr"])
+        assert train[train.index("--epochs") + 1] == str(settings["epochs"])

@@ -311,6 +311,9 @@ def test_train_pe_lowers_the_heldout_loss(tiny, collected, records, tmp_path):
     # the saved estimator reloads with its trained head and reproduces the held-out numbers
     saved = json.loads((out / PE_JSON).read_text())
     assert saved["max_length"] == 2048 and saved["metrics"]["heldout_after"] == m["heldout_after"]
+    # the settings benchmarks/bench_learning.py compares before it reuses a saved estimator
+    assert {k: saved["metrics"][k] for k in ("lr", "epochs", "n_trajectories")} == {
+        "lr": 3e-4, "epochs": 3, "n_trajectories": len(records)}
     pe = ProgressEstimator.from_pretrained(out, device="cpu")
     assert pe.max_length == 2048
     again = evaluate(pe, [records[i] for i in held])
