@@ -125,3 +125,16 @@ def test_verl_entry_point_composes_threespo_trainer():
     job = OmegaConf.create(proc.stdout)
     assert job.algorithm.adv_estimator == "gigpo" and job.env.name == "alfworld"
     assert job.algorithm.threespo.alpha == 50.0
+
+
+@pytest.mark.parametrize("bypass, constrained, warns", [
+    (True, True, True), (True, False, False), (False, True, False), (False, False, False)])
+def test_bypass_with_constrained_decoding_warns(bypass, constrained, warns):
+    from threespo_verl.verl_glue.trainer import bypass_with_constrained_decoding
+
+    cfg = _compose("algorithm=grpo", f"algorithm.rollout_correction.bypass_mode={str(bypass).lower()}",
+                   f"env.constrain_actions={str(constrained).lower()}")
+    note = bypass_with_constrained_decoding(cfg)
+    assert (note is not None) == warns
+    if warns:
+        assert "env.constrain_actions=false" in note and "bypass_mode=false" in note
