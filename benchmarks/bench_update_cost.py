@@ -23,9 +23,18 @@ Variants:
 * ``levers``: ``bypass`` plus one OpenMP thread per core for verl's Ray workers (``threespo_trainer_cpu`` gives them
   one, ``ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS``): the FSDP worker's forward and backward then use
   every core while vLLM, which keeps its own ``THREESPO_VLLM_OMP_THREADS``, waits for the next rollout.
+* ``bf16``: ``levers`` plus bf16 compute in the FSDP update (``actor_rollout_ref.actor.fsdp_config.mixed_precision.
+  param_dtype=bf16``: autocast over fp32 master weights and fp32 optimizer state). Only for CPUs with AMX or
+  AVX512-BF16 (``lscpu`` lists ``amx_bf16`` or ``avx512_bf16``); on AVX2-only CPUs torch runs bf16 matrix products
+  through a slow reference kernel, which is why ``threespo_trainer_cpu`` computes in fp32.
+
+What is measured is cost, not equivalence. With the testbed's constrained decoding (``env.constrain_actions=true``)
+vLLM's log-probs are those of the constrained distribution, so ``bypass`` and what builds on it change the PPO ratio
+as well as the cost (the trainer warns; see ``bypass_with_constrained_decoding``): use them with free decoding.
 
 It prints a table (with the actor worker's peak memory) and, per model,
-``MODEL: s/row today X.XXX, bypass X.XXX, levers X.XXX, speed-up X.XXx`` (today / levers).
+``MODEL: s/row today X.XXX, bypass X.XXX, levers X.XXX, bf16 X.XXX, speed-up X.XXx, bf16 X.XXx`` (today / levers,
+today / bf16).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ VARIANTS = {
     "bypass": BYPASS,
     "levers": [*BYPASS, f'ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS="{os.cpu_count() or 1}"'],
 }
+VARIANTS["bf16"] = [*VARIANTS["levers"], "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16"]
 
 
 def per_row(rows: list[dict], skip: int = 1) -> dict[str, float]:
@@ -65,6 +75,15 @@ def per_row(rows: list[dict], skip: int = 1) -> dict[str, float]:
     # the actor worker's peak resident set over the whole run (verl's device memory statistic; on CPU, RSS)
     out["actor_peak_gb"] = max((r.get("actor/perf/max_memory_allocated_gb", 0.0) for r in rows), default=0.0)
     return out
+
+
+def bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The CPU's bf16 matrix instructions among ``amx_bf16`` and ``avx512_bf16`` (empty: bf16 runs slowly here)."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return []
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
 def finished(run: Path, record: list[str]) -> bool:
@@ -110,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     for (label, variant), r in results.items():
         print(f"{label:<16} {variant:<8} {r['rows']:>6.0f} {r['tokens_per_row']:>8.0f} "
               + " ".join(f"{r[s]:>15.4f}" for s in STAGES) + f" {r['total']:>8.4f} {r['actor_peak_gb']:>9.2f}")
-    print()
+    print(f"\nbf16 matrix instructions on this CPU: {', '.join(bf16_units()) or 'none (the bf16 row is slow here)'}")
     for label in dict.fromkeys(k[0] for k in results):
-        before, bypass, after = (results[(label, v)]["total"] for v in ("today", "bypass", "levers"))
-        print(f"{label}: s/row today {before:.3f}, bypass {bypass:.3f}, levers {after:.3f}, "
-              f"speed-up {before / after:.2f}x")
+        before, bypass, after, bf16 = (results[(label, v)]["total"] for v in VARIANTS)
+        print(f"{label}: s/row today {before:.3f}, bypass {bypass:.3f}, levers {after:.3f}, bf16 {bf16:.3f}, "
+              f"speed-up {before / after:.2f}x, bf16 {before / bf16:.2f}x")
     return 0
 
 

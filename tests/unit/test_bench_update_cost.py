@@ -63,3 +63,13 @@ def test_the_variants_add_levers_in_order():
     assert set(uc.BYPASS) < set(uc.VARIANTS["levers"])
     assert uc.VARIANTS["bypass"] == uc.BYPASS
     assert any("OMP_NUM_THREADS" in o for o in uc.VARIANTS["levers"])
+    assert uc.VARIANTS["bf16"][:-1] == uc.VARIANTS["levers"] and "param_dtype=bf16" in uc.VARIANTS["bf16"][-1]
+
+
+def test_bf16_units_reads_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert uc.bf16_units(info) == ["amx_bf16", "avx512_bf16"]
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    assert uc.bf16_units(info) == []
+    assert uc.bf16_units(tmp_path / "missing") == []
