@@ -1,7 +1,7 @@
 """Seconds per trained row of one update on CPU, before and after the update-cost levers, side by side in one run.
 
     python benchmarks/bench_update_cost.py                       # smollm2-135m and tiny-qwen2-bc (long on CPU)
-    python benchmarks/bench_update_cost.py --steps 2 --tasks 1 --group 4   # a small batch: about 20 min
+    python benchmarks/bench_update_cost.py --steps 3 --tasks 1 --group 4   # a small batch: 33 min on 2 cores
 
 Each (model, variant) pair trains GRPO for ``--steps`` steps on the CPU learning testbed (threespo_verl/testbed.py:
 household ``easy_train``, ``--tasks`` x ``--group`` episodes per step, replies of at most 48 tokens) through verl's
