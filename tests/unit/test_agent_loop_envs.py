@@ -18,10 +18,12 @@ from threespo_verl.verl_glue.config import resolve_env
 @pytest.fixture(autouse=True)
 def _fresh_pools():
     al._POOLS.clear()
+    al._CACHES.clear()
     yield
     for pool in al._POOLS.values():
         pool.close()
     al._POOLS.clear()
+    al._CACHES.clear()
 
 
 @pytest.mark.parametrize("cores, agent_workers, expected", [(16, 1, 16), (16, 4, 4), (16, 5, 3), (2, 8, 1)])
@@ -60,3 +62,10 @@ def test_worker_pools_get_the_memory_budget_and_are_shared_per_configuration():
         return obs
 
     assert asyncio.run(play()) == make("household").reset(task)[0]
+
+
+def test_env_caches_follow_the_pools_budget():
+    small, large = (resolve_env({"name": "household", "num_workers": 1, "max_worker_mb": mb}) for mb in (1, 4096))
+    assert al.env_cache(small) is al.env_cache(small)
+    assert al.env_cache(small) is not al.env_cache(large)  # each cache builds its envs in its own budget's pool
+    assert {p.max_worker_mb for p in al._POOLS.values()} == {1, 4096}

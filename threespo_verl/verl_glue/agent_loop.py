@@ -83,6 +83,11 @@ def env_workers(env: typed.EnvConfig, agent_workers: int = 1) -> int:
     return int(env.num_workers)
 
 
+def _env_key(env: typed.EnvConfig, agent_workers: int) -> str:
+    """What makes two environment configurations need different env pools (and caches) in one process."""
+    return json.dumps([env.name, env.make_kwargs(), env_workers(env, agent_workers), env.max_worker_mb], sort_keys=True)
+
+
 def env_factory(env: typed.EnvConfig, agent_workers: int = 1):
     """This process's source of environments for one environment configuration: ``EnvPool.env`` of its env worker
     processes, or a ``make`` in this process (``env.num_workers`` = 0)."""
@@ -90,7 +95,7 @@ def env_factory(env: typed.EnvConfig, agent_workers: int = 1):
     n = env_workers(env, agent_workers)
     if n == 0:
         return lambda: make(env.name, **kw)
-    key = json.dumps([env.name, kw, n, env.max_worker_mb], sort_keys=True)
+    key = _env_key(env, agent_workers)
     if key not in _POOLS:
         _POOLS[key] = EnvPool(env.name, kw, num_workers=n, max_worker_mb=env.max_worker_mb)
         logger.info("env %s: %d env worker process(es) for this agent-loop worker", env.name, n)
@@ -99,7 +104,7 @@ def env_factory(env: typed.EnvConfig, agent_workers: int = 1):
 
 def env_cache(env: typed.EnvConfig, agent_workers: int = 1) -> EnvCache:
     """This process's environment cache for one environment configuration (``env.max_parked_envs`` live envs)."""
-    key = json.dumps([env.name, env.make_kwargs(), env_workers(env, agent_workers)], sort_keys=True)
+    key = _env_key(env, agent_workers)
     if key not in _CACHES:
         _CACHES[key] = EnvCache(env_factory(env, agent_workers), max_envs=env.max_parked_envs)
     return _CACHES[key]
