@@ -19,8 +19,10 @@ both.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
+from typing import Any
 
 #: the behaviour-cloning warm start of ``tiny-qwen2-bc`` (changing a value rebuilds the model)
 BC = dict(noise=0.5, demos=4000, steps=300, batch=16, lr=3e-3, seed=0, max_steps=5, history_length=1)
@@ -30,6 +32,50 @@ BC = dict(noise=0.5, demos=4000, steps=300, batch=16, lr=3e-3, seed=0, max_steps
 #: ``tiny-qwen2-bc`` they leave the held-out MSE of sum_t c_t vs R at 0.148 (predicting 0: 0.154), these reach
 #: 0.035-0.039.
 SPA_ESTIMATOR = dict(tasks=64, m=4, lr=1e-3, epochs=15)
+
+@dataclasses.dataclass(frozen=True)
+class Testbed:
+    """One CPU learning testbed: an environment setting, a warm-started policy and the prompt/reply budgets that put
+    a ``threespo_trainer_cpu`` run on it (``TESTBEDS`` holds them by name; ``benchmarks/bench_learning.py
+    --testbed NAME``)."""
+
+    #: the name on the command line (``--testbed``)
+    name: str
+    #: ``env.*`` settings (``name`` selects the env group)
+    env: dict[str, Any]
+    #: the warm-started policy (``threespo-verl setup model NAME``)
+    model: str
+    #: the longest prompt and reply, in tokens (``data.max_prompt_length``, ``data.max_response_length``)
+    prompt_tokens: int
+    reply_tokens: int
+    #: tokens per actor micro-batch for the testbed's own model (``actor.ppo_max_token_len_per_gpu``)
+    micro_batch_tokens: int
+    #: held-out panel size the benchmark validates on (the first N tasks of ``env.eval_panel``)
+    panel_tasks: int
+    #: one line for tables and reports
+    description: str = ""
+
+    @property
+    def horizon(self) -> int:
+        return int(self.env["max_steps"])
+
+    @property
+    def val_metric(self) -> str:
+        """The metrics-log key of held-out success on this testbed's panel."""
+        return f"val-core/{self.env['name']}/success"
+
+    def overrides(self, val_tasks: int | None = None, micro_batch_tokens: int | None = None) -> list[str]:
+        """Hydra overrides that put a ``threespo_trainer_cpu`` run on the testbed (env, prompt and response lengths,
+        validation sampled at temperature 1 on the first ``val_tasks`` tasks of the held-out panel,
+        ``micro_batch_tokens`` per actor micro-batch)."""
+        env = [f"env.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.env.items() if k != "name"]
+        return [f"env={self.env['name']}", *env, f"data.max_prompt_length={self.prompt_tokens}",
+                f"data.max_response_length={self.reply_tokens}",
+                f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={micro_batch_tokens or self.micro_batch_tokens}",
+                f"data.val_max_samples={val_tasks or self.panel_tasks}",
+                "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+                "actor_rollout_ref.rollout.val_kwargs.do_sample=true"]
+
 
 #: the testbed's environment settings (``env.*``)
 ENV = {"name": "household", "train_split": "easy_train", "eval_panel": "easy_test", "max_steps": 5,
@@ -46,17 +92,26 @@ PROMPT_TOKENS, REPLY_TOKENS = 1024, 48
 #: The smaller cap is the longest row the testbed allows, so that verl's check (cap >= every row's length) holds.
 MICRO_BATCH_TOKENS = {"tiny-qwen2-bc": 4096, "other": PROMPT_TOKENS + REPLY_TOKENS}
 
+#: ``easy``: household look-at-the-object-under-the-lamp tasks with a three-command plan (the demo's and the
+#: learning test's testbed)
+EASY = Testbed(name="easy", env=ENV, model="tiny-qwen2-bc", prompt_tokens=PROMPT_TOKENS, reply_tokens=REPLY_TOKENS,
+               micro_batch_tokens=MICRO_BATCH_TOKENS["tiny-qwen2-bc"], panel_tasks=32,
+               description="household easy_train -> easy_test (look goals, 3-command plans, H = 5), tiny-qwen2-bc")
+
+#: every testbed by name
+TESTBEDS: dict[str, Testbed] = {t.name: t for t in (EASY,)}
+
+
+def get(name: str) -> Testbed:
+    """The testbed called ``name``, or a clear error listing the valid names."""
+    if name not in TESTBEDS:
+        raise ValueError(f"unknown testbed {name!r}; valid: {', '.join(TESTBEDS)}")
+    return TESTBEDS[name]
+
 
 def overrides(val_tasks: int = 32, micro_batch_tokens: int = MICRO_BATCH_TOKENS["tiny-qwen2-bc"]) -> list[str]:
-    """Hydra overrides that put a ``threespo_trainer_cpu`` run on the testbed (env, prompt and response lengths,
-    validation sampled at temperature 1 on the whole held-out panel, ``micro_batch_tokens`` per actor micro-batch)."""
-    env = [f"env.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ENV.items() if k != "name"]
-    return ["env=household", *env, f"data.max_prompt_length={PROMPT_TOKENS}",
-            f"data.max_response_length={REPLY_TOKENS}",
-            f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={micro_batch_tokens}",
-            f"data.val_max_samples={val_tasks}",
-            "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
-            "actor_rollout_ref.rollout.val_kwargs.do_sample=true"]
+    """``EASY.overrides``: the Hydra overrides that put a ``threespo_trainer_cpu`` run on the easy testbed."""
+    return EASY.overrides(val_tasks, micro_batch_tokens)
 
 
 def expert_demonstrations(n: int, noise: float, seed: int, max_steps: int = 5, history_length: int = 1,
