@@ -40,7 +40,7 @@ def test_algorithm_group_sets_name_and_estimator(algo, estimator):
     # one objective for every algorithm (DESIGN §2.8)
     assert (cfg.env.outcome, cfg.env.invalid_action_penalty, cfg.algorithm.mini_batch_rows) == ("won", 0.1, 256)
     assert (t.step_adv_norm, t.merge_identical_states, t.update_mode, t.reward_stats, t.max_trajectories_per_task) == (
-        "mean_std", False, "post_trajectory", "update", 32
+        "mean_std", False, "post_step", "update", 32
     )
     assert t.env_step_budget is None and t.min_update_rows == 1
 

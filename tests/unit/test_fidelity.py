@@ -248,7 +248,7 @@ def test_item8_trajectories_are_recorded_once_by_the_tree_owner():
 
     assert "record_trajector" not in inspect.getsource(agent_loop)
     src = inspect.getsource(trainer.ThreeSPOTrainer.run_round)
-    assert "ended.append(tree.prune(node.node_id))" in src and "record_trajectories" in src
+    assert "ended = [tree.prune(node.node_id)]" in src and "record_trajectories" in src
 
 
 # ---- items 6 and 7 ---------------------------------------------------------------------------------------------------

@@ -61,6 +61,6 @@ def test_rescore_with_no_statistics_equals_the_fresh_round_reward():
 
 
 def test_reward_stats_is_validated():
-    assert ThreeSPOConfig().reward_stats == "update" and ThreeSPOConfig().update_mode == "post_trajectory"
+    assert ThreeSPOConfig().reward_stats == "update" and ThreeSPOConfig().update_mode == "post_step"
     with pytest.raises(ValueError, match="reward_stats"):
         ThreeSPOConfig(reward_stats="later")

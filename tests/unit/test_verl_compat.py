@@ -66,6 +66,14 @@ def test_declared_private_api_matches_installed_verl():
     problems += _check_methods(replay_buffer.ReplayBuffer, vc.REPLAY_BUFFER_CALLS, "REPLAY_BUFFER_CALLS",
                                exact=False)
     problems += _check_methods(al.AgentLoopBase, vc.AGENT_LOOP_OVERRIDES, "AGENT_LOOP_OVERRIDES", exact=True)
+    from verl.single_controller.base.worker import Worker
+
+    problems += _check_methods(Worker, vc.WORKER_CALLS, "WORKER_CALLS", exact=False)
+    wg_src = inspect.getsource(importlib.import_module("verl.single_controller.base.worker_group"))
+    wg_src += inspect.getsource(importlib.import_module("verl.single_controller.ray.base"))
+    problems += _check_assigned(wg_src, "RayWorkerGroup", vc.WORKER_GROUP_ATTRIBUTES, "WORKER_GROUP_ATTRIBUTES")
+    problems += _check_in("max(dp_rank_mapping) + 1", inspect.getsource(trainer_base.PPOTrainer._balance_batch),
+                          "PPOTrainer._balance_batch (how the actor's dp size is read)", "actor_dp_size")
     for spec, params in vc.LIBRARY_CALLS.items():
         module, _, name = spec.partition(":")
         fn = getattr(importlib.import_module(module), name, None)

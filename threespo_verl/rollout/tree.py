@@ -40,6 +40,27 @@ def trajectory_keys(path_keys: Iterable[str | None], *more: str | None) -> tuple
     return tuple(seen)
 
 
+def store_records(ended: Sequence["Trajectory"], prefix_keys: Sequence[str]) -> list[tuple[tuple[str, ...], bool]]:
+    """What the state store records for the trajectories that one expansion ended (DESIGN §2.6): (state keys, won)
+    pairs. A won child records its whole path. The failed children (lost, timed out, pruned) of one expansion count
+    as *one* failure for the states above them (``prefix_keys``: the expanded node's path): the first records its
+    whole path, every other one only the states its own path adds beyond the prefix. Counted once per sibling,
+    eight time-outs of one leaf expansion would add eight failures to every state on its path and truncate the
+    root after a few such leaves (xi = 10). Every ended trajectory stays one record, so t counts them all."""
+    prefix = set(prefix_keys)
+    out: list[tuple[tuple[str, ...], bool]] = []
+    prefix_failed = False
+    for traj in ended:
+        if traj.success:
+            out.append((traj.path_keys, True))
+        elif not prefix_failed:
+            out.append((traj.path_keys, False))
+            prefix_failed = True
+        else:
+            out.append((tuple(k for k in traj.path_keys if k not in prefix), False))
+    return out
+
+
 @dataclasses.dataclass
 class Node:
     """One node of a task's tree: the state reached by ``actions`` (the prefix from the root)."""
@@ -144,6 +165,18 @@ class TaskTree:
     def state_keys(self) -> set[str]:
         """Every distinct state reached in this tree."""
         return {n.state_key for n in self.nodes.values() if n.state_key is not None}
+
+    def open_nodes(self) -> set[int]:
+        """Nodes whose subtree is still open: the head and every backtrack point, and all their ancestors (a node
+        is closed once no descendant of it, nor the node itself, is left to expand). Empty when the tree is done."""
+        if self.done:
+            return set()
+        out: set[int] = set()
+        for nid in (self.head, *self.stack):
+            while nid is not None and nid >= 0 and nid not in out:
+                out.add(nid)
+                nid = self.nodes[nid].parent_id
+        return out
 
     # ---- updates -------------------------------------------------------------------------------------------------
     def _check_head(self, node_id: int) -> Node:
@@ -262,6 +295,12 @@ class Frontiers:
             self.trees[task.task_id] = TaskTree(task, self.budget, self.max_trajectories,
                                                 tree_id=f"{task.task_id}#{self.trees_started}")
             self.trees_started += 1
+
+    def by_tree_id(self, tree_id: str) -> TaskTree | None:
+        """The tree in flight with this ``tree_id`` (None once it is retired)."""
+        task_id = tree_id.rsplit("#", 1)[0]
+        tree = self.trees.get(task_id)
+        return tree if tree is not None and tree.tree_id == tree_id else None
 
     def requests(self) -> list[tuple[TaskTree, Node]]:
         """(tree, node) for every tree that has a node to expand, in arrival order."""

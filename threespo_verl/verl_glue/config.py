@@ -22,7 +22,7 @@ from verl.trainer.config.algorithm import AlgoConfig
 STEP_ADV_NORMS = ("mean_std", "mean")
 SCORE_DIFFS = ("untruncated", "literal")
 STATE_SCOPES = ("task", "global")
-UPDATE_MODES = ("post_step", "post_trajectory")
+UPDATE_MODES = ("post_step", "post_step_own_round", "post_trajectory")  # = rollout.release.UPDATE_MODES
 REWARD_STATS = ("round", "update")
 #: the advantage estimator of each algorithm (its config group, config/algorithm/NAME.yaml, sets both keys)
 ADV_ESTIMATORS = {"3spo": "3spo", "grpo": "grpo", "gigpo": "gigpo", "spa": "spa", "ppo": "gae", "spa_ppo": "gae"}
@@ -50,8 +50,9 @@ class ThreeSPOConfig(BaseConfig):
     #: entering a dead end earns no bonus) or `literal` (the truncated S; ablation)
     score_diff: str = "untruncated"
     #: Eq.2's statistics: `update` (those committed when the update's advantages are computed, N_total in w
-    #: included; with `update_mode=post_trajectory` a step on a path that later succeeded is credited at once) or
-    #: `round` (the snapshot before the expansion round, the paper's)
+    #: included; a group released once its subtree closed sees every trajectory through its children, so a step on a
+    #: path that later succeeded is credited at once) or `round` (the snapshot before the expansion round, the
+    #: paper's)
     reward_stats: str = "update"
     #: statistics per (task, state) (`task`) or pooled over tasks (`global`; ablation: on WebShop every task starts
     #: on the same page, so pooled statistics prune every root)
@@ -62,17 +63,21 @@ class ThreeSPOConfig(BaseConfig):
     step_adv_norm: str = "mean_std"
     #: Eq.4: eps of `mean_std`
     adv_eps: float = 1e-6
-    #: pool the groups whose parents share a state key within one task over the update's rows (needs updates
-    #: spanning several rounds: `update_mode=post_trajectory` or `min_update_rows` > 1)
+    #: pool the groups whose parents share a state key within one task over the update's rows (needs updates that
+    #: hold several groups of a task: `update_mode=post_trajectory` or `min_update_rows` > 1)
     merge_identical_states: bool = False
     #: per-task budget in env steps; null = g_max x env.max_steps (GRPO's spend with rollout.n = g_max)
     env_step_budget: int | None = None
     #: per-task cap on finished trajectories in one tree
     max_trajectories_per_task: int = 32
-    #: `post_trajectory`: one update once the batch's trees are done; `post_step`: one update per expansion round
-    #: (the paper's)
-    update_mode: str = "post_trajectory"
-    #: accumulate rounds until an update has at least this many rows
+    #: when an expanded node's group is trained (DESIGN §2.7): `post_step`, an update after every expansion round
+    #: with the groups whose subtree closed in it (no descendant left to expand, or the tree done; Eq.2 rescored
+    #: then, old log-probs of sampling time); `post_step_own_round`, an update after every round with the groups it
+    #: sampled (the paper's literal form; pair it with `reward_stats=round`); `post_trajectory`, one update once the
+    #: batch's trees are done
+    update_mode: str = "post_step"
+    #: accumulate released groups over rounds until an update has at least this many rows (per-update costs: GPU
+    #: recipes)
     min_update_rows: int = 1
     #: safety stop: expansion rounds one update may take (0 = 10 x the per-task budget)
     max_rounds_per_update: int = 0
@@ -157,8 +162,12 @@ class ThreeSPOAlgoConfig(AlgoConfig):
     #: verl's advantage estimator; must be the one ``ADV_ESTIMATORS`` pairs with ``name`` (the group sets both)
     adv_estimator: str = "3spo"
     #: rows per optimizer step for every algorithm: an update of R rows takes ceil(R / mini_batch_rows) optimizer
-    #: steps (x `actor.ppo_epochs`)
+    #: steps (x `actor.ppo_epochs`); unused when `env_steps_per_optimizer_step` is set
     mini_batch_rows: int = 256
+    #: optimizer steps by env steps instead of rows, for every algorithm (DESIGN §2.8): one optimizer step per this
+    #: many env steps spent, at least one per update (an update's K = max(1, floor(E_total / this) - steps so far));
+    #: null = by rows (`mini_batch_rows`)
+    env_steps_per_optimizer_step: int | None = None
     threespo: ThreeSPOConfig = field(default_factory=ThreeSPOConfig)
     gigpo: GiGPOConfig = field(default_factory=GiGPOConfig)
     spa: SPAConfig = field(default_factory=SPAConfig)
@@ -167,6 +176,9 @@ class ThreeSPOAlgoConfig(AlgoConfig):
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+        if self.env_steps_per_optimizer_step is not None and self.env_steps_per_optimizer_step < 1:
+            raise ValueError("algorithm.env_steps_per_optimizer_step must be >= 1 or null, got "
+                             f"{self.env_steps_per_optimizer_step}")
         want = ADV_ESTIMATORS.get(self.name)
         if want is None:
             raise ValueError(f"algorithm.name={self.name!r}; valid: {', '.join(ADV_ESTIMATORS)}")
@@ -237,6 +249,32 @@ class EnvConfig(BaseConfig):
     def make_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``envs.make``."""
         return {"max_steps": self.max_steps, **({"data_dir": self.data_dir} if self.data_dir else {})}
+
+
+@dataclass
+class RunBudget:
+    """When a run validates and stops in env steps (``trainer.*`` keys of this package; DESIGN §2.8). Env steps are
+    the actions taken in environments (3SPO: one per distinct child; episodes: one per step), counted the same for
+    every algorithm (``explore/cumulative_env_steps``)."""
+
+    #: stop once the run has spent this many env steps (the step that reaches it is the last; 3SPO releases every
+    #: pending group in it); null = `trainer.total_training_steps` alone ends the run (it stays a cap)
+    total_env_steps: int | None = None
+    #: validate after the first update at or past every multiple of this many env steps (and at the end of an
+    #: env-step budget); null = verl's `trainer.test_freq` (in updates)
+    val_every_env_steps: int | None = None
+
+    def __post_init__(self):
+        for key in ("total_env_steps", "val_every_env_steps"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ValueError(f"trainer.{key} must be >= 1 or null, got {v}")
+
+
+def resolve_budget(trainer_node: Any) -> RunBudget:
+    """``trainer.total_env_steps`` / ``trainer.val_every_env_steps`` of ``config.trainer`` as a ``RunBudget``."""
+    get = trainer_node.get if hasattr(trainer_node, "get") else (lambda k, d=None: getattr(trainer_node, k, d))
+    return RunBudget(**{f: get(f, None) for f in RunBudget.__dataclass_fields__})
 
 
 def resolve_algorithm(node: Any) -> ThreeSPOAlgoConfig:

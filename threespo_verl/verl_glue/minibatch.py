@@ -1,6 +1,12 @@
-"""Mini-batches of a fixed number of rows, for every algorithm (DESIGN §2.8): an update of R rows takes
-K = ceil(R / ``algorithm.mini_batch_rows``) optimizer steps (x ``actor.ppo_epochs``), its rows split evenly into K
-mini-batches of whole micro-batches (``minibatch_plan``), the critic's the same K x b."""
+"""How many optimizer steps an update takes, by one rule for every algorithm (DESIGN §2.8), its rows split evenly into
+K mini-batches of whole micro-batches (the critic's the same K x b):
+
+* by rows (default): K = ceil(R / ``algorithm.mini_batch_rows``) for an update of R rows (``minibatch_plan``);
+* by env steps (``algorithm.env_steps_per_optimizer_step`` = E): K = max(1, floor(E_total / E) - S), with E_total
+  the run's env steps including this update's and S the optimizer steps taken so far (``steps_by_env_steps``), so
+  every algorithm takes one optimizer step per E env steps, and an update at least one.
+
+(x ``actor.ppo_epochs``.)"""
 
 from __future__ import annotations
 
@@ -31,6 +37,34 @@ def minibatch_plan(rows: int, rows_per_step: int, unit: int = 1) -> tuple[int, i
     return k, b
 
 
+def steps_by_env_steps(env_steps_total: int, steps_so_far: int, env_steps_per_step: int) -> int:
+    """K of the env-step rule: the optimizer steps that bring the run to floor(E_total / E), at least one.
+
+    >>> steps_by_env_steps(140, 0, 48), steps_by_env_steps(290, 2, 48), steps_by_env_steps(300, 6, 48)
+    (2, 4, 1)
+    """
+    if env_steps_per_step < 1:
+        raise ValueError(f"algorithm.env_steps_per_optimizer_step must be >= 1, got {env_steps_per_step}")
+    return max(1, int(env_steps_total) // int(env_steps_per_step) - int(steps_so_far))
+
+
+def plan_for_steps(rows: int, k: int, unit: int = 1) -> tuple[int, int]:
+    """(K, b) for an update of ``rows`` rows in ``k`` optimizer steps: b = ceil(rows / K) rounded up to a multiple
+    of ``unit``; K is cut to the number of mini-batches of ``unit`` rows the update can fill (a step needs a real
+    row), so K <= ceil(rows / unit).
+
+    >>> plan_for_steps(140, 2), plan_for_steps(2, 3), plan_for_steps(10, 3, 4)
+    ((2, 70), (2, 1), (3, 4))
+    """
+    if k < 1 or unit < 1:
+        raise ValueError(f"optimizer steps and the batch unit must be >= 1, got {k}, {unit}")
+    rows = max(int(rows), 1)
+    k = min(int(k), -(-rows // unit))
+    b = -(-rows // k)
+    b = -(-b // unit) * unit
+    return k, b
+
+
 class MiniBatchMixin:
     """The update's mini-batch plan (mixed into ``ThreeSPOTrainer``; ``_mb_plan`` is set by
     ``_get_required_batch_multiple`` and read by the actor and critic updates)."""
@@ -55,9 +89,16 @@ class MiniBatchMixin:
         return unit
 
     def _plan_rows(self, dp_size: int) -> int:
-        """The batch is padded to K x b rows (``minibatch_plan``): K optimizer steps of b rows each."""
+        """The batch is padded to K x b rows (``minibatch_plan`` or ``plan_for_steps``): K optimizer steps of b rows
+        each. ``_update_rows`` / ``_update_env_steps`` are set by ``_balance_batch`` for the update at hand."""
         rows = getattr(self, "_update_rows", None) or 1
-        self._mb_plan = minibatch_plan(rows, self.mini_batch_rows, self._batch_unit(dp_size))
+        per = self.algo_cfg.env_steps_per_optimizer_step
+        if per is None:
+            self._mb_plan = minibatch_plan(rows, self.mini_batch_rows, self._batch_unit(dp_size))
+        else:
+            total = int(self.counters["env_steps"]) + int(getattr(self, "_update_env_steps", 0))
+            k = steps_by_env_steps(total, self.counters["planned_optimizer_steps"], per)
+            self._mb_plan = plan_for_steps(rows, k, self._batch_unit(dp_size))
         k, b = self._mb_plan
         return k * b
 
@@ -78,5 +119,6 @@ class MiniBatchMixin:
         """Counts the update's optimizer steps; its ``actor/*`` plan metrics."""
         steps = k * int(self.config.actor_rollout_ref.actor.ppo_epochs)
         self.counters["optimizer_steps"] += steps
+        self.counters["planned_optimizer_steps"] += k
         return {"actor/optimizer_steps": steps, "actor/update_rows": rows, "actor/mini_batch_rows": b,
                 "actor/cumulative_optimizer_steps": self.counters["optimizer_steps"]}

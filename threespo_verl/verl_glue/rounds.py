@@ -25,13 +25,17 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils import tensordict_utils as tu
 
 from threespo_verl.envs.base import Task
-from threespo_verl.rollout.tree import ChildOutcome, TaskTree, Trajectory
+from threespo_verl.rollout.release import PendingGroup, wait_rounds
+from threespo_verl.rollout.tree import ChildOutcome, TaskTree, Trajectory, store_records
 from threespo_verl.store.state_store import key_hash
 from threespo_verl.verl_glue.dataset import AGENT_NAME, REQUEST_KEY
 from threespo_verl.verl_glue.step_row import StepRow, step_rows
 from threespo_verl.verl_glue.train_metrics import new_round_metrics
 from threespo_verl.verl_glue.verl_compat import (
-    ROLLOUT_N_COLUMN, concat_batches, extra_fields, select_rows, split_row_key,
+    ROLLOUT_N_COLUMN,
+    extra_fields,
+    select_rows,
+    split_row_key,
 )
 
 logger = logging.getLogger("threespo_verl.trainer")
@@ -131,47 +135,73 @@ def apply_node_rows(tree: TaskTree, node, es: list[StepRow], m: dict[str, Any]) 
 
 
 class RoundsMixin:
-    """The trainer's 3SPO exploration: rounds of node expansions until the update condition holds (mixed into
-    ``ThreeSPOTrainer``; reads its ``config``, ``tcfg``, ``params``, ``frontiers``, ``task_queue``, ``store``)."""
+    """The trainer's 3SPO exploration: expansion rounds until an update's groups are released (mixed into
+    ``ThreeSPOTrainer``; reads its ``config``, ``tcfg``, ``params``, ``frontiers``, ``task_queue``, ``store``,
+    ``ledger``)."""
 
     def explore(self) -> tuple[KVBatchMeta, dict[str, float]]:
-        """Run expansion rounds until the update condition holds (``update_mode``, ``min_update_rows``); return the
-        update rows (every group of >= 2 children) and the rounds' metrics."""
+        """Run expansion rounds until the groups released for an update (``update_mode``, ``rollout/release.py``)
+        hold at least ``min_update_rows`` rows, or the run's env-step budget is spent (then every pending group is
+        released: the run ends); return the update's rows and the rounds' metrics.
+
+        After each round: its groups (rows of nodes with >= 2 children) enter the ledger with their old log-probs
+        computed now, by the actor that sampled them (``_round_old_log_probs``); finished trees are retired; the
+        ledger releases what the mode allows. A round in which every request was a root pruned by Eq.1's
+        truncation (the task is skipped, ``explore/skipped_truncated_roots``) does not count towards
+        ``max_rounds_per_update``."""
         min_rows = max(1, self.tcfg.min_update_rows)
-        post_trajectory = self.tcfg.update_mode == "post_trajectory"
         max_rounds = self.tcfg.max_rounds_per_update or 10 * self.frontiers.budget
-        kept: list[KVBatchMeta] = []
         acc: dict[str, list] = defaultdict(list)
-        n_rows, rounds = 0, 0
+        released: list[PendingGroup] = []
+        rounds = idle_rounds = 0
         batch_trees: set[str] | None = None
+        flush = False
         while True:
             self._refill()
             if batch_trees is None:
                 batch_trees = {t.tree_id for t in self.frontiers.trees.values()}
-            reqs = self.frontiers.requests()
-            update, rm_ = self.run_round(reqs)
+            update, rm_ = self.run_round(self.frontiers.requests())
+            for tree_id, node_id, keys, tags in rm_.pop("groups"):
+                self.ledger.add(tree_id, node_id, self.round - 1, keys, tags)
             for k, v in rm_.items():
                 acc[k].append(v)
-            kept.append(update)
-            n_rows += len(update)
+            self._round_old_log_probs(update, acc)
             rounds += 1
+            if rm_["skipped_roots"] and rm_["expanded"] == 0 and rm_["pruned"] == rm_["skipped_roots"]:
+                idle_rounds += 1  # only truncated roots: the statistics gave these tasks nothing left to explore
             self._retire(acc)
-            if post_trajectory:
-                live = {t.tree_id for t in self.frontiers.trees.values()}
-                done = not (batch_trees & live)
-            else:
-                done = True
-            if done and n_rows >= min_rows:
+            live = {t.tree_id for t in self.frontiers.trees.values()}
+            batch_done = not (batch_trees & live)
+            flush = self._env_budget_spent(acc)
+            out = self.ledger.release(self._open_nodes, self.round - 1, batch_done=batch_done, flush=flush)
+            released.extend(out)
+            acc["row_wait_rounds"].append(wait_rounds(out, self.round - 1))
+            n_rows = sum(len(g.keys) for g in released)
+            if flush or (out or self.ledger.mode != "post_trajectory") and n_rows >= min_rows:
                 break
-            if done and post_trajectory:
+            if batch_done and self.ledger.mode == "post_trajectory":
                 batch_trees = None  # the batch's trees are done but gave too few rows: take the next batch
-            if rounds >= max_rounds:
-                raise RuntimeError(f"3SPO: {rounds} expansion rounds produced only {n_rows} update rows (< "
-                                   f"min_update_rows={min_rows}); every group was a singleton or pruned. Lower "
-                                   f"algorithm.threespo.min_update_rows or check the policy's replies")
-        batch = concat_batches(kept)
-        metrics = self._explore_metrics(acc, rounds, n_rows)
+            if rounds - idle_rounds >= max_rounds:
+                raise RuntimeError(f"3SPO: {rounds - idle_rounds} expansion rounds released only {n_rows} update rows "
+                                   f"(< min_update_rows={min_rows}); every group was a singleton, pruned or still "
+                                   f"open. Lower algorithm.threespo.min_update_rows or check the policy's replies")
+            if idle_rounds > 4 * max_rounds:
+                raise RuntimeError(f"3SPO: {idle_rounds} rounds in a row found only truncated roots (Eq.1: N_fail >= "
+                                   f"xi and SR <= zeta at every task's root); the training tasks give nothing left to "
+                                   f"explore. Use more tasks, or raise algorithm.threespo.xi")
+        batch = KVBatchMeta(partition_id="train", keys=[k for g in released for k in g.keys],
+                            tags=[t for g in released for t in g.tags])
+        metrics = self._explore_metrics(acc, rounds, len(batch))
+        metrics["explore/released_groups"] = len(released)
+        metrics["explore/pending_groups"] = len(self.ledger)
+        metrics["explore/pending_rows"] = self.ledger.rows
+        self.final_update = flush
         return batch, metrics
+
+    def _open_nodes(self, tree_id: str) -> set[int] | None:
+        """The open nodes of the tree ``tree_id`` if it is still in flight (None: done, every group closed)."""
+        tree = self.frontiers.by_tree_id(tree_id)
+        return None if tree is None else tree.open_nodes()
 
     def _refill(self) -> None:
         """Fill the frontiers up to ``data.train_batch_size`` trees with tasks from verl's dataloader."""
@@ -228,7 +258,8 @@ class RoundsMixin:
             by_uid[uid].append((int(idx), pos))
         keep = [False] * len(batch)
         m = new_round_metrics()
-        ended: list[Trajectory] = []
+        records: list[tuple[list[str], bool]] = []  # (store keys, won) of every trajectory this round ended
+        groups: list[tuple[str, int, list[int]]] = []
         for (tree, node), uid in zip(reqs, uids):
             rows = [pos for _, pos in sorted(by_uid.get(uid, []))]
             if uid in failed and not rows:
@@ -237,24 +268,33 @@ class RoundsMixin:
                 if self.node_failures[(tree.tree_id, node.node_id)] >= MAX_NODE_FAILURES:
                     logger.warning("3SPO: expanding node %s of %s failed %d times; pruning it", node.node_id,
                                    tree.task_id, MAX_NODE_FAILURES)
-                    ended.append(tree.prune(node.node_id))
+                    ended = [tree.prune(node.node_id)]
+                    records.extend((self.params.store_keys(tree.task_id, t.path_keys), t.success) for t in ended)
+                    m["ended"].extend(t.success for t in ended)
                     m["pruned_after_failures"] = m.get("pruned_after_failures", 0) + 1
                 continue
             es = [extras[p] for p in rows]
-            ended.extend(apply_node_rows(tree, node, es, m))
+            ended = apply_node_rows(tree, node, es, m)
+            records.extend((self.params.store_keys(tree.task_id, keys), won)
+                           for keys, won in store_records(ended, tree.path_keys(node)))
+            m["ended"].extend(t.success for t in ended)
+            if node.node_id == 0 and (not es or es[0].pruned):
+                m["skipped_roots"] += 1  # Eq.1 truncated this task's root: skipped, counted, never an error
             if len(node_children(es)) >= 2:
                 for p in rows:
                     keep[p] = True
+                groups.append((tree.tree_id, node.node_id, rows))
             elif rows and not es[0].pruned:
                 m["singleton"] += 1
         update, dropped = select_rows(batch, keep)
         if dropped:
             tq.kv_clear(keys=dropped, partition_id=batch.partition_id)
-        # every ended trajectory is recorded here, once: the tree applied each expansion exactly once
-        if ended:
-            ray.get(self.store.record_trajectories.remote(
-                [self.params.store_keys(t.task_id, t.path_keys) for t in ended], [t.success for t in ended]))
-        m["ended"] = [t.success for t in ended]
+        m["groups"] = [(tree_id, node_id, [batch.keys[p] for p in rows], [batch.tags[p] for p in rows])
+                       for tree_id, node_id, rows in groups]
+        # every ended trajectory is recorded here, once: the tree applied each expansion exactly once; the failed
+        # children of one expansion count once on the states above them (tree.store_records, DESIGN §2.6)
+        if records:
+            ray.get(self.store.record_trajectories.remote([k for k, _ in records], [w for _, w in records]))
         ray.get(self.store.commit.remote())
         self.round += 1
         hashes = key_hash(sorted(m.pop("states"))).tolist()

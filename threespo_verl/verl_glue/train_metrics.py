@@ -22,8 +22,8 @@ METRICS_FILE = "metrics.jsonl"
 
 def new_round_metrics() -> dict[str, Any]:
     return {"n_hist": [], "pruned": 0, "expanded": 0, "singleton": 0, "failed": 0, "env_steps": 0, "env_failures": 0,
-            "llm_calls": 0, "replayed": 0, "prompt_truncated": 0, "r_novel": [], "r_score_diff": [], "r_success": [],
-            "r_penalty": [],
+            "llm_calls": 0, "replayed": 0, "prompt_truncated": 0, "skipped_roots": 0, "r_novel": [],
+            "r_score_diff": [], "r_success": [], "r_penalty": [],
             "reward": [], "invalid": [], "states": set(), "ended": []}
 
 
@@ -45,6 +45,11 @@ def val_success_metrics(env_cfg, data_sources, reward_extra_infos_dict) -> dict[
         for ttype, v in sorted(per_type.items()):
             out[f"val-core/{env}/success/{ttype}"] = float(np.mean(v))
     return out
+
+
+def episode_env_steps(extras: list[StepRow]) -> int:
+    """Env steps of an update's episode rows: one per step row, a trajectory row's whole episode."""
+    return sum(e.step_index + 1 if e.mode == "trajectory" else 1 for e in extras)
 
 
 class MetricsMixin:
@@ -69,6 +74,7 @@ class MetricsMixin:
             "explore/pruned_rate": sum(acc.get("pruned", [])) / max(1, nodes),
             "explore/singleton_group_rate": sum(acc.get("singleton", [])) / max(1, sum(acc.get("expanded", []))),
             "explore/failed_nodes": sum(acc.get("failed", [])),
+            "explore/skipped_truncated_roots": sum(acc.get("skipped_roots", [])),
             "explore/prompt_truncated_nodes": sum(acc.get("prompt_truncated", [])),
             "explore/env_steps": env_steps,
             "explore/llm_calls": sum(acc.get("llm_calls", [])),
@@ -82,6 +88,12 @@ class MetricsMixin:
             "explore/cumulative_llm_calls": self.counters["llm_calls"],
             "explore/trees_finished": self.counters["trees_finished"],
         }
+        waits = [w for r in acc.get("row_wait_rounds", []) for w in r]
+        if waits:  # rounds between a row's sampling and its update (its old log-probs are of sampling time)
+            out["explore/row_wait_rounds"] = float(np.mean(waits))
+            out["explore/row_wait_rounds_median"] = float(np.median(waits))
+            out["explore/row_wait_rounds_p90"] = float(np.percentile(waits, 90))
+            out["explore/row_wait_rounds_max"] = float(max(waits))
         for n in range(self.params.g_max + 1):
             out[f"explore/n_hist/{n}"] = sum(1 for x in n_hist if x == n)
         if n_hist:
@@ -129,7 +141,7 @@ class MetricsMixin:
         states: set[str] = set()
         # a trajectory row (algorithm=ppo | spa_ppo) is a whole episode: its steps, states and invalid actions
         traj = [e for e in extras if e.mode == "trajectory"]
-        steps = [e.step_index + 1 if e.mode == "trajectory" else 1 for e in extras]
+        steps = [episode_env_steps([e]) for e in extras]
         invalid = [e.invalid_steps if e.mode == "trajectory" else int(not e.valid_action) for e in extras]
         for e in extras:
             states.add(e.state_key)
@@ -170,11 +182,9 @@ class MetricsMixin:
         return out
 
     def _step_metrics(self, batch: KVBatchMeta, metrics: dict) -> None:
-        """What this trainer adds to verl's step metrics (in place): the probe, the episode metrics of non-3SPO
-        updates, optimizer steps per env step and the cumulative optimizer steps."""
+        """What this trainer adds to verl's step metrics (in place): the probe, optimizer steps per env step and the
+        cumulative optimizer steps (the episode metrics of non-3SPO updates are added by ``step``)."""
         metrics.update(getattr(self, "_probe", {}))
-        if self.algo != "3spo":
-            metrics.update(self._episode_metrics(batch))
         env_steps = metrics.get("explore/env_steps", metrics.get("episode/env_steps", 0))
         if "actor/optimizer_steps" in metrics and env_steps:
             metrics["actor/optimizer_steps_per_env_step"] = metrics["actor/optimizer_steps"] / env_steps

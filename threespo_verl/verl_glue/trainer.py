@@ -44,29 +44,40 @@ import logging
 import os
 from collections import Counter
 
+import transfer_queue as tq
 from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from threespo_verl.envs.base import Task
 from threespo_verl.rollout.expand import ScoreParams
+from threespo_verl.rollout.release import GroupLedger
 from threespo_verl.rollout.trajectory import TRAJECTORY_ALGOS
 from threespo_verl.rollout.tree import Frontiers
+from threespo_verl.verl_glue import config as typed  # a module: verl's first import may load this plugin mid-import
 from threespo_verl.verl_glue import metrics_log
 from threespo_verl.verl_glue import row_meta as rm
 from threespo_verl.verl_glue.checkpoint import STATE_FILE, STORE_FILE, CheckpointMixin
-from threespo_verl.verl_glue import config as typed  # a module: verl's first import may load this plugin mid-import
 from threespo_verl.verl_glue.minibatch import MiniBatchMixin, minibatch_plan
 from threespo_verl.verl_glue.rewards import MUTATION_ENV, MUTATIONS, RewardsMixin, episode_returns_on_final_rows
 from threespo_verl.verl_glue.rounds import (
-    MAX_NODE_FAILURES, RoundReplayBuffer, RoundsMixin, apply_node_rows, node_children, node_request,
+    MAX_NODE_FAILURES,
+    RoundReplayBuffer,
+    RoundsMixin,
+    apply_node_rows,
+    node_children,
+    node_request,
 )
+from threespo_verl.verl_glue.schedule import EnvStepSchedule
 from threespo_verl.verl_glue.step_row import step_rows
-from threespo_verl.verl_glue.train_metrics import METRICS_FILE, MetricsMixin, new_round_metrics, val_success_metrics
+from threespo_verl.verl_glue.train_metrics import (
+    METRICS_FILE, MetricsMixin, episode_env_steps, new_round_metrics, val_success_metrics,
+)
+from threespo_verl.verl_glue.verl_compat import actor_dp_size, is_padding, real_rows
 from threespo_verl.verl_glue.verl_compat import concat_batches as _concat
 from threespo_verl.verl_glue.verl_compat import extra_fields as _extra_fields
-from threespo_verl.verl_glue.verl_compat import is_padding
 from threespo_verl.verl_glue.verl_compat import select_rows as _select
 
 logger = logging.getLogger("threespo_verl.trainer")
@@ -101,6 +112,17 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         budget = self.tcfg.env_step_budget or self.params.g_max * self.env_cfg.max_steps
         self.frontiers = Frontiers(int(budget), self.tcfg.max_trajectories_per_task)
         self.task_queue: list[Task] = []
+        #: 3SPO's groups sampled but not yet trained (``rollout/release.py``), their rows waiting in TransferQueue
+        self.ledger = GroupLedger(self.tcfg.update_mode)
+        #: the update explore() returned releases every pending group: the run's env-step budget is spent
+        self.final_update = False
+        budget = typed.resolve_budget(config.trainer)
+        if budget.val_every_env_steps and int(config.trainer.get("test_freq", -1)) > 0:
+            raise ValueError("trainer.val_every_env_steps schedules validation in env steps; set trainer.test_freq=-1 "
+                             "(validation in updates) or trainer.val_every_env_steps=null, not both")
+        self.schedule = EnvStepSchedule(budget.total_env_steps, budget.val_every_env_steps)
+        self._val_now = self._stop_now = False
+        self._env_step_val: dict | None = None
         self.round = 0
         self.counters: Counter = Counter()
         self.unique_states: set[int] = set()
@@ -128,9 +150,10 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
 
             self.store = get_or_create_store(self.tcfg.store_name)
             if (self.tcfg.merge_identical_states and self.tcfg.min_update_rows <= 1
-                    and self.tcfg.update_mode == "post_step"):
+                    and self.tcfg.update_mode == "post_step_own_round"):
                 logger.warning("algorithm.threespo.merge_identical_states=true has nothing to merge with one round per "
-                               "update (one node per task); use update_mode=post_trajectory or min_update_rows > 1")
+                               "update (one node per task); use update_mode=post_step | post_trajectory or "
+                               "min_update_rows > 1")
         self.progress_worker = None
         if self.algo in ("spa", "spa_ppo"):
             self.progress_worker = create_progress_worker(self.algo_cfg.spa)
@@ -147,18 +170,67 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
                                  gen_batch_size=self.config.data.get("gen_batch_size", None)
                                  or self.config.data.train_batch_size)
 
-    # 3SPO replaces verl's prompt sampling by expansion rounds; every other algorithm keeps verl's step
+    # 3SPO replaces verl's prompt sampling by expansion rounds; every other algorithm keeps verl's step. Both end
+    # by deciding the env-step schedule (validation, end of run) before verl saves the step's checkpoint
     def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
         if self.algo != "3spo":
-            return super().step(metrics, timing_raw)
-        from verl.utils.debug import marked_timer
+            batch = super().step(metrics, timing_raw)
+            metrics.update(self._episode_metrics(batch))  # counts the env steps the schedule reads
+        else:
+            from verl.utils.debug import marked_timer
 
-        with marked_timer("explore", timing_raw, color="red"):
-            batch, explore_metrics = self.explore()
-        metrics.update(explore_metrics)
-        self.replay_buffer.stage(batch)
-        self.local_trigger_step = 0
-        return self._step_once(metrics, timing_raw, sample_batch_size=0)
+            with marked_timer("explore", timing_raw, color="red"):
+                batch, explore_metrics = self.explore()
+            metrics.update(explore_metrics)
+            self.replay_buffer.stage(batch)
+            self.local_trigger_step = 0
+            batch = self._step_once(metrics, timing_raw, sample_batch_size=0)
+        self._val_now, self._stop_now = self._env_step_schedule()
+        return batch
+
+    # 3SPO's rows carry the old log-probs of their sampling time (a round's rows wait for their subtree to close,
+    # and the actor may be updated meanwhile); the update only fills verl's padding rows
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if self.algo != "3spo" or self._bypass_mode():
+            return super()._compute_old_log_prob(batch, metrics)
+        metrics.update(padding_old_log_probs(batch))
+        return batch
+
+    def _round_old_log_probs(self, rows: KVBatchMeta, acc: dict) -> None:
+        """The old log-probs (and entropies) of one round's rows, computed now by verl's actor pass: the weights
+        that sampled them. In bypass mode the rollout's log-probs serve (they are of sampling time already)."""
+        if not len(rows) or self._bypass_mode():
+            return
+        padded = upsample_batch_to_divisible_size(rows, actor_dp_size(self), self.tokenizer.eos_token_id)
+        m: dict = {}
+        super()._compute_old_log_prob(padded, m)
+        pads = [k for k, t in zip(padded.keys, padded.tags) if is_padding(t)]
+        if pads:
+            tq.kv_clear(keys=pads, partition_id=padded.partition_id)
+        acc["old_log_prob_rows"].append(len(rows))
+
+    def _env_step_schedule(self) -> tuple[bool, bool]:
+        """(validate, stop) after this step's update, from the run's cumulative env steps (``schedule``)."""
+        return self.schedule.decide(int(self.counters["env_steps"]))
+
+    def _env_budget_spent(self, acc: dict) -> bool:
+        """Whether the rounds so far (``acc``) spent the run's env-step budget, or this is the run's last update by
+        count: then the update releases every pending group (the open subtrees would otherwise never be trained)."""
+        spent = int(self.counters["env_steps"]) + sum(acc.get("env_steps", []))
+        return self.schedule.budget_spent(spent) or self.global_steps >= self.total_training_steps
+
+    def _end_run_at_budget(self) -> None:
+        """The env-step budget is spent: this update is the run's last (checkpointed when checkpoints are on)."""
+        freq = int(self.config.trainer.save_freq)
+        if freq > 0 and self.global_steps % freq != 0 and self.global_steps < self.total_training_steps:
+            self._save_checkpoint()
+        logger.info("env-step budget %s reached after %d env steps at update %d: the run ends",
+                    self.schedule.total, self.counters["env_steps"], self.global_steps)
+        self.total_training_steps = self.global_steps  # verl's loop ends after this step
+
+    def _bypass_mode(self) -> bool:
+        correction = self.config.algorithm.get("rollout_correction", None) or {}
+        return bool(correction.get("bypass_mode", False))
 
     # each row's own step reward (not verl's copied session score) and the row metadata the estimators read
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -175,6 +247,10 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
     # the update's real row count decides its mini-batch plan (read by _get_required_batch_multiple below)
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
         self._update_rows = sum(not is_padding(t) for t in batch.tags)
+        # env steps of this update not counted yet (3SPO's are, by explore): what the env-step rule of the plan reads
+        self._update_env_steps = 0
+        if self.algo != "3spo" and self.algo_cfg.env_steps_per_optimizer_step is not None:
+            self._update_env_steps = episode_env_steps(step_rows(_extra_fields(real_rows(batch))))
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
     # verl pads to a multiple of the configured mini-batch; this pads to K x b rows of the update's plan
@@ -204,10 +280,17 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         super().on_init_end()
         self._run_probe()
 
-    # the rollout probe after each weight sync: it moves exactly when the served weights do
+    # after each weight sync: the rollout probe (it moves exactly when the served weights do), then the validation
+    # and the end of run that the env-step schedule decided in step()
     def on_step_end(self):
         super().on_step_end()  # verl's weight sync into the rollout engine
         self._run_probe()
+        if self._val_now:
+            self.on_validate_begin()
+            self._env_step_val = self._validate()
+            self.on_validate_end()
+        if self._stop_now:
+            self._end_run_at_budget()
 
     # verl's per-data-source validation metrics plus the panel's success rate, overall and per task type
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
@@ -228,6 +311,8 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
 
     # this trainer's metrics on top of verl's, and every step's line in metrics.jsonl
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        metrics.update(self._env_step_val or {})
+        self._env_step_val = None
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         self._step_metrics(batch, metrics)
         metrics_log.append(self.metrics_path, global_steps, metrics, algorithm=self.algo)
@@ -243,6 +328,32 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         if self.global_steps <= 0:
             return
         self.restore_threespo_state(self._resume_folder())
+
+
+def padding_old_log_probs(batch: KVBatchMeta) -> dict[str, float]:
+    """Zeros as the old log-probs and entropies of verl's padding rows of an update whose real rows carry theirs
+    from sampling time (verl's padding copies the first real row's fields, which do not fit a one-token response;
+    padding rows have an all-zero response mask, so the values never reach a loss). Returns ``actor/entropy``, the
+    token mean of the real rows' sampling-time entropies (what verl's old-log-prob pass reports)."""
+    import torch
+    from tensordict import TensorDict
+    from verl.workers.utils.padding import response_to_nested
+
+    pads = [k for k, t in zip(batch.keys, batch.tags) if is_padding(t)]
+    if pads:
+        mask = tq.kv_batch_get(keys=pads, partition_id=batch.partition_id, select_fields=["response_mask"])
+        mask = mask["response_mask"]
+        width = max(mask.offsets().diff().tolist())
+        zeros = torch.zeros(len(pads), width, dtype=torch.float32)
+        tq.kv_batch_put(keys=pads, partition_id=batch.partition_id, fields=TensorDict(
+            {"old_log_probs": response_to_nested(zeros, mask), "entropy": response_to_nested(zeros, mask)},
+            batch_size=len(pads)))
+    real = [k for k, t in zip(batch.keys, batch.tags) if not is_padding(t)]
+    if not real:
+        return {}
+    ent = tq.kv_batch_get(keys=real, partition_id=batch.partition_id, select_fields=["entropy"])["entropy"]
+    values = ent.values() if ent.is_nested else ent.flatten()
+    return {"actor/entropy": float(values.float().mean()) if values.numel() else 0.0}
 
 
 def bypass_with_constrained_decoding(config) -> str | None:

@@ -42,6 +42,7 @@ TRAINER_OVERRIDES: dict[str, tuple[str, ...]] = {
     "__init__": ("config",),
     "_build_replay_buffer": (),
     "step": ("metrics", "timing_raw"),
+    "_compute_old_log_prob": ("batch", "metrics"),
     "_compute_advantage": ("batch", "metrics"),
     "_balance_batch": ("batch", "metrics", "logging_prefix", "keep_minibatch"),
     "_get_required_batch_multiple": ("dp_size",),
@@ -66,7 +67,13 @@ TRAINER_CALLS: dict[str, tuple[str, ...]] = {
 }
 #: attributes of verl's trainer the glue reads (``trainer_mode``, ``local_trigger_step``: also writes)
 TRAINER_ATTRIBUTES = ("config", "trainer_mode", "parameter_sync_step", "local_trigger_step", "global_steps",
-                      "replay_buffer", "use_critic", "use_reference_policy", "tokenizer")
+                      "replay_buffer", "use_critic", "use_reference_policy", "tokenizer", "actor_rollout_wg",
+                      "total_training_steps")
+#: how verl's ``_balance_batch`` reads the actor's data-parallel size (``actor_dp_size`` does the same): the
+#: ``Worker`` method ``_query_dispatch_info``, which the worker group exposes, queried once and cached in the
+#: worker group's ``_dispatch_info``
+WORKER_CALLS: dict[str, tuple[str, ...]] = {"_query_dispatch_info": ("mesh_name",)}
+WORKER_GROUP_ATTRIBUTES = ("_dispatch_info",)
 
 #: ``verl.trainer.ppo.v1.replay_buffer.ReplayBuffer``: what RoundReplayBuffer overrides (exact) and calls
 REPLAY_BUFFER_OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -99,6 +106,7 @@ LIBRARY_CALLS: dict[str, tuple[str, ...]] = {
     "verl.workers.utils.padding:response_to_nested": ("tensor", "response_mask"),
     "verl.utils.checkpoint.checkpoint_manager:find_latest_ckpt_path": ("path",),
     "verl.utils.debug:marked_timer": ("name", "timing_raw", "color"),
+    "verl.trainer.ppo.padding_utils:upsample_batch_to_divisible_size": ("batch", "batch_multiple", "eos_token_id"),
     "verl.trainer.ppo.v1.trainer_base:register_trainer": ("name",),
 }
 
@@ -142,6 +150,14 @@ def is_padding(tag: dict[str, Any]) -> bool:
 def global_step_folder(default_local_dir: str, global_steps: int) -> str:
     """verl's checkpoint folder of step ``global_steps`` (``GLOBAL_STEP_FOLDER``) under ``default_local_dir``."""
     return os.path.join(default_local_dir, GLOBAL_STEP_FOLDER.format(global_steps))
+
+
+def actor_dp_size(trainer) -> int:
+    """The actor's data-parallel size, read as verl's ``_balance_batch`` reads it (``WORKER_GROUP_CALLS``)."""
+    wg = trainer.actor_rollout_wg
+    if "actor" not in wg._dispatch_info:
+        wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
+    return max(wg._dispatch_info["actor"]) + 1
 
 
 def concat_batches(batches: list[KVBatchMeta], partition_id: str = "train") -> KVBatchMeta:
