@@ -25,9 +25,8 @@ def _run(model: Path, workdir: Path, steps: int) -> subprocess.CompletedProcess:
            "data.train_batch_size=2", "env.max_steps=2", "env.reasoning=false", f"trainer.default_local_dir={workdir}",
            "trainer.save_freq=1", "trainer.test_freq=-1", "data.max_prompt_length=2048", "data.max_response_length=48",
            "actor_rollout_ref.actor.optim.lr=1e-4", "rollout_probe.enable=true", "algorithm.mini_batch_rows=4",
-           # the paper's timing (one update per expansion round): short steps; post_trajectory, the default, is
-           # trained end to end by tests/e2e/test_learning.py
-           "algorithm.threespo.update_mode=post_step", "algorithm.threespo.reward_stats=round",
+           # the default post_step: an update after every round whose groups closed (short steps), the rows' old
+           # log-probs computed by the actor when they were sampled, waiting rows saved with each checkpoint
            "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
            "actor_rollout_ref.actor.checkpoint.load_contents=[model,optimizer,extra]"]
     env = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0")

@@ -52,9 +52,10 @@ def main() -> None:
 
     # short episodes and budgets, few tasks: trees finish, tasks recur, and the statistics move n(s) off 8
     overrides = ["trainer.save_freq=1", "trainer.resume_mode=auto", "algorithm.threespo.store_name=resume-store",
-                 "data.train_batch_size=2", "data.train_max_samples=6", "env.max_steps=4",
-                 "algorithm.threespo.env_step_budget=20", "algorithm.threespo.min_update_rows=2",
-                 "algorithm.threespo.alpha=2.0"]
+                 "data.train_batch_size=2", "data.train_max_samples=6", "env.max_steps=8",
+                 "algorithm.threespo.env_step_budget=48", "algorithm.threespo.min_update_rows=2",
+                 "algorithm.threespo.alpha=2.0", f"trainer.total_training_steps={a.steps}",
+                 "algorithm.threespo.update_mode=post_step", "algorithm.threespo.reward_stats=update"]
     workdir = Path(a.workdir)
     tq.init(H.compose_config(Path(a.model), workdir, overrides).transfer_queue)
     policy = ScriptedPolicy(plans=household_plans(make("household").tasks("train")[:6]), plan_weight=100.0,
@@ -62,6 +63,7 @@ def main() -> None:
     rig = H.build(Path(a.model), workdir, overrides, policy=policy)
     tr = rig.trainer
     tr.actor_rollout_wg = NoActorWorkerGroup()
+    tr._round_old_log_probs = lambda rows, acc: None  # the actor's pass is not part of this test
     tr._load_checkpoint()  # verl's resume (tracker, data.pt) + this trainer's state and store
     start = tr.global_steps + 1
     record = {"resumed_from": tr.global_steps, "steps": {}}
@@ -80,6 +82,13 @@ def main() -> None:
     for step in range(start, a.steps + 1):
         tr.global_steps = step
         batch, _metrics = tr.explore()
+        # the groups this update trains (post_step: some were sampled before the checkpoint and waited in it), with
+        # their rows' token ids: a resumed run must train the same rows
+        data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["input_ids"])
+        rows = sorted((e["tree_id"], e["parent_node_id"], e["round"], e["reply"], ids.tolist())
+                      for e, ids in zip(H.extras(batch), data["input_ids"].unbind()))
+        record["steps"][str(step)]["trained"] = rows
+        record["steps"][str(step)]["pending"] = sorted([g.tree_id, g.node_id, g.round_] for g in tr.ledger.groups)
         tq.kv_clear(keys=batch.keys, partition_id="train")
         record["steps"][str(step)]["frontiers"] = tr.frontiers.state_dict()
         record["steps"][str(step)]["store"] = ray.get(tr.store.stats.remote())

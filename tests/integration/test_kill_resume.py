@@ -38,7 +38,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert b.returncode == -9, (b.returncode, b.stderr[-3000:])  # died by SIGKILL in step 8
     ckpt = tmp_path / "B" / "ckpt"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "7"
-    assert {p.name for p in (ckpt / "global_step_7").iterdir()} >= {"threespo_state.json", "state_store.npz",
+    assert {p.name for p in (ckpt / "global_step_7").iterdir()} >= {"threespo_state.json", "state_store.npz", "pending_rows.pt",
                                                                     "data.pt", "actor"}
     c = _drive(model, tmp_path / "B", out=tmp_path / "C.json")
     assert c.returncode == 0, c.stderr[-3000:]
@@ -47,6 +47,11 @@ def test_killed_run_resumes_exactly(tmp_path):
     sa, sc = ra["steps"]["8"], rc["steps"]["8"]
     assert sc["n"] == sa["n"]  # every round of the step: the same n(s) for the same nodes
     assert sc["frontiers"] == sa["frontiers"]
+    # the update trains the same rows: step 8 is the run's last, so it releases every group still waiting, those
+    # that waited in the step-7 checkpoint (post_step) included, whose rows came back from pending_rows.pt
+    assert sc["trained"] == sa["trained"] and sc["pending"] == sa["pending"] == []
+    waited = {tuple(g) for g in ra["steps"]["7"]["pending"]}
+    assert waited and waited <= {(t, n, r) for t, n, r, _reply, _ids in sa["trained"]}
     assert {k: sc["store"][k] for k in ("states", "t")} == {k: sa["store"][k] for k in ("states", "t")}
     # the fixture is not trivial: statistics exist before the resumed step and n(s) took values other than 8
     assert ra["steps"]["7"]["store"]["states"] > 0

@@ -333,3 +333,76 @@ def test_spa_rows_rewards_and_advantages(cluster):
 def test_spa_without_an_estimator_names_the_commands(cluster):
     with pytest.raises(FileNotFoundError, match="threespo-verl spa collect"):
         rig(cluster, ["algorithm=spa", "actor_rollout_ref.rollout.n=2", "algorithm.spa.estimator_path=/nonexistent"])
+
+
+def test_post_step_release_through_the_trainer(cluster):
+    """update_mode=post_step through verl's agent loop and TransferQueue: each update holds exactly the groups whose
+    subtree closed in the round before it (or whose tree finished), every group is trained once, a group's rows had
+    their old-log-prob pass in the round that sampled them (the actor is not part of this test: the pass is recorded,
+    the actor's numbers are checked by the e2e tests), and the waiting rows stay in TransferQueue until released."""
+    tasks = make("household").tasks("train")
+    policy = ScriptedPolicy(plans=household_plans(tasks[:64]), plan_weight=30.0, plan_move_weight=6.0,
+                            p_malformed=0.1)
+    r = rig(cluster, ["algorithm.threespo.update_mode=post_step", "algorithm.threespo.reward_stats=update",
+                      "env.max_steps=4", "algorithm.threespo.env_step_budget=24", "data.train_max_samples=64"],
+            policy=policy)
+    tr = r.trainer
+    sampled_in: dict[str, int] = {}  # row key -> round of its old-log-prob pass
+    tr._round_old_log_probs = lambda rows, acc: sampled_in.update({k: tr.round - 1 for k in rows.keys})
+    original = tr.run_round
+    added: list = []  # (tree_id, node_id, round, keys) of every group, as run_round hands them to the ledger
+
+    def run_round(reqs):
+        update, m = original(reqs)
+        added.extend((t, n, tr.round - 1, list(k)) for t, n, k, _tags in m["groups"])
+        return update, m
+
+    tr.run_round = run_round
+    trained: list[tuple[str, int]] = []
+    for _update in range(6):
+        batch, m = tr.explore()
+        last = tr.round - 1
+        groups = {(t, n): (rnd, keys) for t, n, rnd, keys in added}
+        released = {(e["tree_id"], e["parent_node_id"]) for e in extras(batch)}
+        # exactly the groups that are not pending any more; each closed (its tree retired or its node not open)
+        pending = {(g.tree_id, g.node_id) for g in tr.ledger.groups}
+        assert released == set(groups) - pending - set(trained), (released, pending)
+        for tree_id, node_id in released:
+            tree = tr.frontiers.by_tree_id(tree_id)
+            assert tree is None or node_id not in tree.open_nodes()
+            rnd, keys = groups[(tree_id, node_id)]
+            assert {sampled_in[k] for k in keys} == {rnd}  # the pass ran when the rows were sampled
+        for tree_id, node_id in pending:
+            assert node_id in tr.frontiers.by_tree_id(tree_id).open_nodes()
+        assert sorted(batch.keys) == sorted(k for g in released for k in groups[g][1])
+        waits = [last - groups[g][0] for g in released for _ in groups[g][1]]
+        assert m["explore/row_wait_rounds"] == pytest.approx(np.mean(waits))
+        trained.extend(released)
+        assert len(trained) == len(set(trained))  # every group once
+        # the waiting rows are still in TransferQueue; the trained ones go (as verl's fit clears them)
+        left = set(tq.kv_list("train").get("train", {}))
+        assert {k for g in tr.ledger.groups for k in g.keys} <= left
+        tq.kv_clear(keys=batch.keys, partition_id="train")
+    assert any(groups[g][0] < last for g in trained if groups[g][0] is not None)  # some group waited
+    H.shutdown(r)
+
+
+def test_a_repeated_small_task_pool_keeps_training(cluster):
+    """8 tasks served again and again, a policy that rarely wins and episodes that time out: the statistics may
+    truncate roots (Eq.1), but the trainer skips and counts such tasks instead of raising, and every update still
+    trains (DESIGN §2.6: an expansion's failed siblings count once above it)."""
+    tasks = make("household").tasks("train")
+    policy = ScriptedPolicy(plans=household_plans(tasks[:8]), plan_weight=3.0, p_malformed=0.1)
+    r = rig(cluster, ["algorithm.threespo.update_mode=post_step", "data.train_max_samples=8", "env.max_steps=3",
+                      "algorithm.threespo.env_step_budget=24", "data.train_batch_size=4"], policy=policy)
+    tr = r.trainer
+    tr._round_old_log_probs = lambda rows, acc: None  # the actor is not part of this test
+    skipped = 0
+    for _update in range(12):
+        batch, m = tr.explore()
+        assert len(batch) > 0
+        skipped += m["explore/skipped_truncated_roots"]
+        tq.kv_clear(keys=batch.keys, partition_id="train")
+    assert tr.counters["trees_finished"] >= 8  # the pool came round again
+    print(f"skipped truncated roots over 12 updates: {skipped}")
+    H.shutdown(r)

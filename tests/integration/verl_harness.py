@@ -19,9 +19,10 @@ BASE_OVERRIDES = [
     "actor_rollout_ref.rollout.n=1",
     "actor_rollout_ref.rollout.calculate_log_probs=False",
     "algorithm.threespo.sample_seed=0",
-    # one update per expansion round (the paper's timing): these tests check rounds one at a time; the default
-    # (post_trajectory, reward_stats=update) is trained end to end by tests/e2e/test_learning.py
-    "algorithm.threespo.update_mode=post_step",
+    # each round's groups in its own update, Eq.2 from the round's snapshot (the paper's literal form): these tests
+    # check rounds one at a time; the default (post_step: groups released when their subtree closes, rescored) is
+    # checked by test_post_step_release_through_the_trainer and trained end to end by tests/e2e/test_learning.py
+    "algorithm.threespo.update_mode=post_step_own_round",
     "algorithm.threespo.reward_stats=round",
     "trainer.total_training_steps=4",
     "data.seed=1",

@@ -4,7 +4,8 @@ exploration benchmark and by tests that check the glue against them.
 
 ``explore_3spo`` does per round what the ``threespo`` trainer mode and the ``threespo_step`` agent loop do together:
 one ``expand_node`` per unfinished tree, the tree updated, the trajectories that ended (as the tree reports them:
-exactly once each) recorded in the store, then one ``commit`` (scores of the next round see this round's
+exactly once each, an expansion's failed siblings once above it: ``tree.store_records``) recorded in the store, then
+one ``commit`` (scores of the next round see this round's
 trajectories).
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from threespo_verl.envs.base import Task, TextEnv
 from threespo_verl.envs.restore import EnvCache
 from threespo_verl.rollout.expand import Expansion, LocalScorer, SampleFn, ScoreParams, expand_node, play_episode
-from threespo_verl.rollout.tree import ChildOutcome, Frontiers, TaskTree, Trajectory
+from threespo_verl.rollout.tree import ChildOutcome, Frontiers, TaskTree, Trajectory, store_records
 
 
 @dataclasses.dataclass
@@ -79,7 +80,9 @@ async def _explore(tasks, env_factory, sample, store, params, budget, max_trajec
             exp = await expand_node(tree.task, node.actions, tree.history(node), cache, sample, scorer, params,
                                     max_branches=min(params.g_max, tree.remaining_budget),
                                     history_length=history_length)
-            record_trajectories(store, apply_expansion(tree, node.node_id, exp), params)
+            ended = apply_expansion(tree, node.node_id, exp)
+            for keys, won in store_records(ended, tree.path_keys(node)):  # the trainer's rule (DESIGN §2.6)
+                store.record_trajectory(params.store_keys(tree.task_id, keys), won)
             n_hist.append(exp.n_branches)
             round_rows[-1] += update_rows(exp)
             env_steps += len(exp.branches)

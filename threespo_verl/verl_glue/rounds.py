@@ -177,7 +177,9 @@ class RoundsMixin:
             released.extend(out)
             acc["row_wait_rounds"].append(wait_rounds(out, self.round - 1))
             n_rows = sum(len(g.keys) for g in released)
-            if flush or (out or self.ledger.mode != "post_trajectory") and n_rows >= min_rows:
+            # at the end of a run every pending group goes; an update needs at least one row, so an empty ledger
+            # keeps exploring (rare: a round with no group and nothing waiting)
+            if n_rows >= (1 if flush else min_rows) and (flush or out or self.ledger.mode != "post_trajectory"):
                 break
             if batch_done and self.ledger.mode == "post_trajectory":
                 batch_trees = None  # the batch's trees are done but gave too few rows: take the next batch
