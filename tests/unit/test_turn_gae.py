@@ -163,7 +163,7 @@ def test_one_token_turns_equal_verls_token_level_gae(batch):
     """With one action token per turn verl's ``gae`` (which skips masked tokens) discounts once per turn as well: the
     two agree (verl's returns are unwhitened; its advantages are whitened, ours before the glue whitens them)."""
     mask, rewards, values, gamma, lam = batch
-    turn, first, _n = turn_index(mask)
+    _turn, first, _n = turn_index(mask)
     assume(int(first.sum()) >= 2)  # verl's gae whitens its advantages, which needs two tokens
     mask = first.long()  # keep only each turn's first token as its action
     rewards = rewards.clone()
@@ -224,6 +224,5 @@ def test_registered_turn_gae_names_what_is_missing():
     cfg = _algo_cfg("algorithm=ppo")
     with pytest.raises(MissingRowMetadataError, match="values"):
         compute_advantage(_data(), adv_estimator="turn_gae", config=cfg)
-    with row_metadata(_meta(values=VALUES[:, :6])):
-        with pytest.raises(MissingRowMetadataError, match="padded as verl pads"):
-            compute_advantage(_data(), adv_estimator="turn_gae", config=cfg)
+    with row_metadata(_meta(values=VALUES[:, :6])), pytest.raises(MissingRowMetadataError, match="padded as verl"):
+        compute_advantage(_data(), adv_estimator="turn_gae", config=cfg)
