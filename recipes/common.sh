@@ -67,8 +67,12 @@ _algorithm() {
 # data.max_response_length is the budget of the whole episode after its first prompt (4,096 + 28,672 = 32,768 tokens,
 # Qwen2.5's context; older turns are dropped beyond it, counted in trajectory/turns_dropped) and one reply keeps the
 # 512 tokens of every other recipe (env.max_tokens_per_step). Micro-batches are cut by tokens (one row can fill
-# one). The critic: verl-agent's PPO baseline (the policy's base model with a value head, lr 1e-5, the actor's
-# micro-batch, no critic warm-up); with 7B its parameters and optimizer are offloaded as the actor's.
+# one). The advantage is GAE over turns (algorithm.adv_estimator=turn_gae, the algorithm group's default: gamma and
+# lambda per step, 1/1 for ppo as verl-agent's PPO baseline, 0.99/0.95 for spa_ppo as the SPA-RL paper). The critic:
+# the policy's model with a value head at lr 1e-5, ten times the actor's 1e-6 (verl-agent's PPO baseline; SPA-RL's
+# code trains its value head at its policy's lr, 1e-5), the actor's micro-batch, and the algorithm group's warm-up
+# (trainer.critic_warmup=3: the actor's first update is at step 3; ours, neither paper has one); with 7B its
+# parameters and optimizer are offloaded as the actor's.
 _trajectory() {  # <algorithm> <size>
   case "$1" in
     ppo | spa_ppo) ;;
@@ -83,7 +87,7 @@ _trajectory() {  # <algorithm> <size>
     "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=${tok}" \
     "critic.optim.lr=1e-5 critic.ppo_micro_batch_size_per_gpu=${micro} critic.use_dynamic_bsz=true" \
     "critic.ppo_max_token_len_per_gpu=${tok} critic.fsdp.param_offload=${offload}" \
-    "critic.fsdp.optimizer_offload=${offload} trainer.critic_warmup=0"
+    "critic.fsdp.optimizer_offload=${offload}"
 }
 
 protocol_overrides() {  # <env> <algorithm> <size>

@@ -11,10 +11,13 @@ A run directory is a trainer's ``trainer.default_local_dir`` (it holds ``metrics
 * ``n_hist.png``: the n(s) histogram of 3SPO runs (how many actions were sampled per expanded node; 0 = pruned);
 * ``reward_components.png``: 3SPO's Eq.2 parts per step (novelty, score difference, success, penalty);
 * ``pruned_rate.png``: 3SPO's share of pruned nodes and of singleton groups per step;
-* ``spa_reward_components.png``: SPA's progress and grounding parts per step (SPA runs only).
+* ``spa_reward_components.png``: SPA's progress and grounding parts per step (SPA runs only);
+* ``critic.png``: the critic's explained variance per step, ``critic/vf_explained_var`` = 1 - Var(G - V) / Var(G)
+  over the action tokens (runs with a critic: PPO, SPA-PPO; 1 = the values predict the returns, <= 0 = no better
+  than their mean).
 
 The markdown table lists per run: steps, env steps, LLM calls, unique states, last training success, validation
-success overall and per task type, seconds per step.
+success overall and per task type, seconds per step, and, when a run has a critic, its last explained variance.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from threespo_verl.verl_glue import metrics_log
 
 SUCCESS_KEYS = ("train/episode_success", "explore/success", "episode/success")
+#: verl's explained variance of the critic's values (``compute_data_metrics``), logged every step a critic runs
+VF_EXPLAINED_VAR = "critic/vf_explained_var"
 
 
 def find_log(run: Path) -> Path:
@@ -100,6 +105,7 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
         "unique_states": _last(rows, "explore/cumulative_unique_states"),
         "train_success": _last(rows, sk) if sk else None, "val": val,
         "s_per_step": (sum(step_s) / len(step_s)) if step_s else None,
+        "vf_explained_var": _last(rows, VF_EXPLAINED_VAR),
     }
 
 
@@ -111,6 +117,10 @@ def _fmt(v, pct=False):
     if isinstance(v, float) and not v.is_integer():
         return f"{v:.2f}"
     return f"{int(v)}"
+
+
+def _fmt_float(v):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
 def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -140,6 +150,10 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         figs.lines(spa_runs, [("reward/progress_mean", "-", "alpha_p c_t"),
                               ("reward/grounding_mean", "--", "beta g_t")],
                    "mean per step row", "SPA step-reward components", "spa_reward_components.png")
+    critic_runs = [r for r in runs if any(VF_EXPLAINED_VAR in row for row in r["rows"])]
+    if critic_runs:
+        figs.lines(critic_runs, [(VF_EXPLAINED_VAR, "-", "explained variance")],
+                   "1 - Var(G - V) / Var(G)", "critic: explained variance of the returns", "critic.png")
     return figs.written
 
 
@@ -223,14 +237,16 @@ def write_report(run_dirs: list[Path], out: Path, names: list[str] | None = None
     pngs = plot_runs(runs, out)
     sums = [summary(r) for r in runs]
     types = sorted({t for s in sums for t in s["val"] if t != "overall"})
+    critic = any(s["vf_explained_var"] is not None for s in sums)
     head = ["run", "steps", "env steps", "LLM calls", "unique states", "train success", "val success",
-            *[f"val {t}" for t in types], "s/step"]
+            *[f"val {t}" for t in types], "s/step", *(["critic expl. var"] if critic else [])]
     lines = [f"# {title}", "", notes, "" if notes else "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for s in sums:
         cells = [s["run"], _fmt(s["steps"]), _fmt(s["env_steps"]), _fmt(s["llm_calls"]), _fmt(s["unique_states"]),
                  _fmt(s["train_success"], pct=True), _fmt(s["val"].get("overall"), pct=True),
-                 *[_fmt(s["val"].get(t), pct=True) for t in types], _fmt(s["s_per_step"])]
+                 *[_fmt(s["val"].get(t), pct=True) for t in types], _fmt(s["s_per_step"]),
+                 *([_fmt_float(s["vf_explained_var"])] if critic else [])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *[f"![{p.stem}]({p.name})" for p in pngs], "",
               "Logs: " + ", ".join(f"`{r['log']}`" for r in runs), ""]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# alfworld x ppo x Qwen2.5-1.5B-Instruct on 2 GPUs: PPO with a critic and GAE, outcome reward only (the PPO baseline of
-# the GiGPO/3SPO papers), on the published protocol (recipes/common.sh). One row per episode (observation turns
-# masked), the critic as verl-agent's PPO baseline; gamma = lambda = 1 (algorithm/ppo.yaml).
+# alfworld x ppo x Qwen2.5-1.5B-Instruct on 2 GPUs: PPO with a critic and GAE over turns, outcome only (the PPO baseline
+# of the GiGPO/3SPO papers), on the published protocol (recipes/common.sh). One row per episode (observation turns
+# masked), the critic as verl-agent's PPO baseline plus a warm-up; gamma = lambda = 1 per step (algorithm/ppo.yaml).
 # Data first: threespo-verl setup alfworld. Any Hydra override appended here wins, e.g.
 #   bash recipes/alfworld/ppo_qwen2.5-1.5b.sh trainer.total_training_steps=10 algorithm.gamma=0.99 algorithm.lam=0.95
 set -euo pipefail

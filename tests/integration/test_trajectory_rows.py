@@ -1,9 +1,10 @@
 """Trajectory rows (``algorithm=ppo | spa_ppo``) on real verl machinery: Ray, TransferQueue, verl's agent-loop workers
 running the ``threespo_step`` loop, the trainer's reward placement, verl's critic worker (a real value model, FSDP2
-on CPU, in a Ray worker group) and verl's ``gae`` estimator. Only the policy is a scripted client
-(``ScriptedLLMClient``). The critic's value head is constant (weight 0, bias V0), so V(t) = V0 at every token and the
-GAE of each 3-step episode is computed here by hand; then the critic is trained by ``_update_critic`` and its values
-move towards the returns."""
+on CPU, in a Ray worker group), the turn-level ``turn_gae`` estimator (the default) and verl's token-level ``gae``.
+Only the policy is a scripted client (``ScriptedLLMClient``). The critic's value head starts constant (weight 0, bias
+V0), so V = V0 at every token and both estimators' advantages of each 3-step episode are computed here by hand; then
+the critic is trained by ``_update_critic``, its values move towards the returns, and ``turn_gae`` is checked again by
+hand on the trained critic's (no longer constant) values, and ``critic/vf_explained_var`` in the metrics log."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.integration import verl_harness as H
 from threespo_verl.envs import make
 from threespo_verl.envs.prompts import render_prompt
 from threespo_verl.testing import ScriptedPolicy, household_plans
+from threespo_verl.verl_glue import metrics_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -104,6 +106,57 @@ def hand_gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: f
     return adv, adv + v
 
 
+def hand_turn_gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float, lam: float):
+    """GAE over the turns of one row (each run of 1s of the mask is one action turn, tokens s_t..e_t):
+    r_t = sum of the turn's rewards, V_t = values[s_t], delta_t = r_t + gamma V_t+1 - V_t (V_T = 0),
+    A_t = delta_t + gamma lam A_t+1. Returns (A, A + V) on the action tokens, in order (A_t on each token of turn t)."""
+    runs = np.flatnonzero(np.diff(np.r_[0, mask, 0]) != 0).reshape(-1, 2)
+    r = [rewards[a:b].sum() for a, b in runs]
+    v = [values[a] for a, _b in runs]
+    adv = np.zeros(len(runs))
+    nxt_v, nxt_a = 0.0, 0.0
+    for t in range(len(runs) - 1, -1, -1):
+        nxt_a = r[t] + gamma * nxt_v - v[t] + gamma * lam * nxt_a
+        adv[t] = nxt_a
+        nxt_v = v[t]
+    per_token = np.concatenate([[adv[t]] * (b - a) for t, (a, b) in enumerate(runs)])
+    ret = np.concatenate([[adv[t] + v[t]] * (b - a) for t, (a, b) in enumerate(runs)])
+    return per_token, ret
+
+
+def _whitened(raw: list[np.ndarray]) -> list[np.ndarray]:
+    """verl's whitening of the advantages over every action token of the batch."""
+    flat = np.concatenate(raw)
+    mean, var = flat.mean(), flat.var(ddof=1)
+    return [(a - mean) / np.sqrt(var + 1e-8) for a in raw]
+
+
+def _check_advantages(tr, batch, estimator: str, hand):
+    """The trainer's advantage step with ``algorithm.adv_estimator=estimator`` against ``hand`` (per row: (A, A + V)
+    on its action tokens): returns equal on the action tokens, advantages equal after verl's whitening. Returns the
+    (values, masks, returns) it read."""
+    from omegaconf import open_dict
+
+    with open_dict(tr.config):
+        tr.config.algorithm.adv_estimator = estimator
+    tr._compute_advantage(batch, {})
+    values = [v.numpy() for v in _fetch(batch, "values")]
+    adv = [a.numpy() for a in _fetch(batch, "advantages")]
+    ret = [x.numpy() for x in _fetch(batch, "returns")]
+    masks = [m.numpy() for m in _fetch(batch, "response_mask")]
+    scores = [s.numpy() for s in _fetch(batch, "rm_scores")]
+    raw = []
+    for s, v, m, rt in zip(scores, values, masks, ret):
+        a, g = hand(s, v, m, GAMMA, LAM)
+        np.testing.assert_allclose(rt[m == 1], g, atol=1e-5)  # returns = A + V on every action token
+        raw.append(a)
+    for a, m, want in zip(adv, masks, _whitened(raw)):
+        np.testing.assert_allclose(a[m == 1], want, atol=1e-4)
+    # GAE carries across the observation turns: the first action token's advantage sees every later step reward
+    assert abs(raw[0][0]) > 0
+    return values, masks, ret, raw
+
+
 def _replay(tokenizer, e, resp, mask):
     """The episode of one row replayed by hand: the replies are the mask-1 runs of its response, parsed and stepped
     through a fresh household env from the task's start. Returns (valid, state changed, won) per step."""
@@ -174,7 +227,7 @@ def test_ppo_rows_put_the_outcome_and_penalties_at_each_turns_closing_token(clus
     H.shutdown(r)
 
 
-def test_spa_ppo_gae_with_the_real_critic_equals_the_hand_computation_and_the_critic_learns(cluster):
+def test_spa_ppo_turn_gae_and_gae_with_the_real_critic_equal_the_hand_computation_and_the_critic_learns(cluster):
     model, root = cluster
     tag = uuid.uuid4().hex[:6]
     critic = _constant_head(model, root / f"critic-{tag}", "Qwen2ForTokenClassification", V0)
@@ -185,7 +238,8 @@ def test_spa_ppo_gae_with_the_real_critic_equals_the_hand_computation_and_the_cr
                                   # two tasks, one episode each: mini-batches of 1 row (rollout.n = 1)
                                   "actor_rollout_ref.rollout.n=1", "data.train_batch_size=2"])
     tr = r.trainer
-    assert tr.use_critic and r.config.algorithm.adv_estimator == "gae"
+    # the algorithm group: GAE over turns, a critic, and its warm-up (verl's loop updates the actor from step 3 on)
+    assert tr.use_critic and r.config.algorithm.adv_estimator == "turn_gae" and r.config.trainer.critic_warmup == 3
     H.attach_critic(r)
     tr.prepare_step()
     batch, _ = tr.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
@@ -201,26 +255,18 @@ def test_spa_ppo_gae_with_the_real_critic_equals_the_hand_computation_and_the_cr
     values = [v.numpy() for v in _fetch(batch, "values")]
     for v in values:
         np.testing.assert_allclose(v, V0, atol=1e-5)
-    # verl's gae estimator through the trainer's advantage step
-    tr._compute_advantage(batch, {})
+    # verl's token-level gae (algorithm.adv_estimator=gae), then the default turn_gae, through the trainer's step
+    _check_advantages(tr, batch, "gae", hand_gae)
+    _values, masks, ret, raw = _check_advantages(tr, batch, "turn_gae", hand_turn_gae)
+    # turn_gae: one advantage per turn, on each of its action tokens; observation tokens 0
     adv = [a.numpy() for a in _fetch(batch, "advantages")]
-    ret = [x.numpy() for x in _fetch(batch, "returns")]
-    masks = [m.numpy() for m in _fetch(batch, "response_mask")]
-    scores = [s.numpy() for s in _fetch(batch, "rm_scores")]
-    raw = []
-    for s, v, m, rt in zip(scores, values, masks, ret):
-        a, g = hand_gae(s, v, m, GAMMA, LAM)
-        np.testing.assert_allclose(rt[m == 1], g, atol=1e-5)  # returns = A + V on every action token
-        raw.append(a)
-    # advantages: verl whitens the GAE over every action token of the batch
-    flat = np.concatenate(raw)
-    mean, var = flat.mean(), flat.var(ddof=1)
     for a, m, hand in zip(adv, masks, raw):
-        np.testing.assert_allclose(a[m == 1], (hand - mean) / np.sqrt(var + 1e-8), atol=1e-4)
-    # GAE carries across the observation turns: the first action token's advantage sees every later step reward
-    assert abs(raw[0][0]) > 0
+        runs = np.flatnonzero(np.diff(np.r_[0, m, 0]) != 0).reshape(-1, 2)
+        assert len(runs) == 3 and all(np.ptp(a[x:y]) < 1e-6 for x, y in runs)
+        assert np.all(a[m == 0] == 0)
 
-    # the critic is trained: mini-batches of the actor's plan (1 row each: 2 optimizer steps), values move to returns
+    # the critic is trained on turn_gae's returns: mini-batches of the actor's plan (1 row each: 2 optimizer steps),
+    # values move to the returns
     tr._update_rows = len(batch)
     tr._get_required_batch_multiple(1)
     assert tr._mb_plan == (2, 1)
@@ -235,6 +281,20 @@ def test_spa_ppo_gae_with_the_real_critic_equals_the_hand_computation_and_the_cr
         return float(np.mean(np.concatenate([(v[m == 1] - rt[m == 1]) ** 2 for v, m, rt in zip(vals, masks, ret)])))
 
     assert mse(after) < mse(values)
+    # the trained critic's values differ from token to token: turn_gae reads each turn's at its first action token
+    assert max(np.ptp(v[m == 1]) for v, m in zip(after, masks)) > 1e-4
+    _check_advantages(tr, batch, "turn_gae", hand_turn_gae)
+
+    # critic/vf_explained_var = 1 - Var(G - V) / Var(G) over the action tokens, in the run's metrics log
+    ret = [x.numpy() for x in _fetch(batch, "returns")]
+    metrics = {}
+    tr._get_n_gpus_for_throughput = lambda: 1  # verl reads it off the resource pools, which the harness does not build
+    tr._compute_metrics(batch, metrics, {"step": 1.0, "gen": 0.5}, global_steps=1, epoch=0)
+    g = np.concatenate([x[m == 1] for x, m in zip(ret, masks)])
+    d = g - np.concatenate([v[m == 1] for v, m in zip(after, masks)])
+    want = 1.0 - d.var(ddof=1) / (g.var(ddof=1) + 1e-5)
+    logged = [row for row in metrics_log.read(tr.metrics_path) if row["step"] == 1]
+    assert logged and logged[-1]["critic/vf_explained_var"] == pytest.approx(want, abs=1e-4)
     H.shutdown(r)
     for w in getattr(tr.critic_wg, "workers", []):
         ray.kill(w)

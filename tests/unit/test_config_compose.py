@@ -21,16 +21,22 @@ def _compose(*overrides: str):
 
 @pytest.mark.parametrize(
     "algo, estimator",
-    [("3spo", "3spo"), ("grpo", "grpo"), ("gigpo", "gigpo"), ("spa", "spa"), ("ppo", "gae"), ("spa_ppo", "gae")]
+    [("3spo", "3spo"), ("grpo", "grpo"), ("gigpo", "gigpo"), ("spa", "spa"), ("ppo", "turn_gae"),
+     ("spa_ppo", "turn_gae")]
 )
 def test_algorithm_group_sets_name_and_estimator(algo, estimator):
     cfg = _compose(f"algorithm={algo}")
     assert cfg.algorithm.name == algo
     assert cfg.algorithm.adv_estimator == estimator
     # verl's own algorithm keys survive next to ours
-    # (ppo: verl's GAE defaults, as verl-agent's PPO baseline; spa_ppo: the SPA-RL paper's)
+    # (ppo: verl's GAE defaults, as verl-agent's PPO baseline; spa_ppo: the SPA-RL paper's; both per step)
     gae = {"spa_ppo": (0.99, 0.95)}.get(algo, (1.0, 1.0))
     assert (cfg.algorithm.gamma, cfg.algorithm.lam) == gae
+    # the trajectory algorithms start a critic (verl starts one for its own gae only) and warm it up: the actor's
+    # first update is at step 3; every other algorithm keeps verl's defaults
+    trajectory = algo in ("ppo", "spa_ppo")
+    assert cfg.critic.enable == (True if trajectory else None)
+    assert cfg.trainer.critic_warmup == (3 if trajectory else 0)
     assert "kl_ctrl" in cfg.algorithm and "rollout_correction" in cfg.algorithm
     # every 3SPO constant of DESIGN §2 is a key under algorithm.threespo, with the paper's default
     t = cfg.algorithm.threespo
@@ -86,8 +92,18 @@ def test_algorithm_name_and_estimator_agree(algo):
 
     assert omega_conf_to_dataclass(_compose(f"algorithm={algo}").algorithm).name == algo
     wrong = "gae" if algo in ("3spo", "grpo", "gigpo", "spa") else "grpo"
-    with pytest.raises(Exception, match=f"config group algorithm={algo}"):
+    with pytest.raises(Exception, match=f"algorithm={algo}"):
         omega_conf_to_dataclass(_compose(f"algorithm={algo}", f"algorithm.adv_estimator={wrong}").algorithm)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "spa_ppo"])
+def test_trajectory_algorithms_also_take_verls_token_level_gae(algo):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = _compose(f"algorithm={algo}", "algorithm.adv_estimator=gae")
+    assert omega_conf_to_dataclass(cfg.algorithm).adv_estimator == "gae" and cfg.critic.enable
+    with pytest.raises(Exception, match=r"adv_estimator=turn_gae or gae .*got grpo.*algorithm.adv_estimator=gae"):
+        omega_conf_to_dataclass(_compose(f"algorithm={algo}", "algorithm.adv_estimator=grpo").algorithm)
 
 
 @pytest.mark.parametrize("env, steps", [("household", 30), ("alfworld", 50), ("webshop", 15)])

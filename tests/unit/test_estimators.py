@@ -234,7 +234,8 @@ def test_register_estimators_is_idempotent():
     estimators.register_estimators()
     assert ADV_ESTIMATOR_REGISTRY["3spo"] is estimators.compute_3spo_step_advantage
     assert ADV_ESTIMATOR_REGISTRY["gigpo"] is estimators.compute_gigpo_advantage
-    assert estimators.REGISTERED_ESTIMATORS == ("3spo", "gigpo", "spa")
+    assert ADV_ESTIMATOR_REGISTRY["turn_gae"] is estimators.compute_turn_gae_advantage
+    assert estimators.REGISTERED_ESTIMATORS == ("3spo", "gigpo", "spa", "turn_gae")
 
 
 def test_spa_through_the_registry_hand_computed():

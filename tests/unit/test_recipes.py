@@ -79,7 +79,7 @@ def test_recipe_composes_and_follows_the_protocol(shell):
     env = cfg.env.name
     assert cfg.algorithm.name in ("3spo", "grpo", "gigpo", "spa", "ppo", "spa_ppo")
     critic_based = cfg.algorithm.name in ("ppo", "spa_ppo")
-    assert cfg.algorithm.adv_estimator == ("gae" if critic_based else cfg.algorithm.name)
+    assert cfg.algorithm.adv_estimator == ("turn_gae" if critic_based else cfg.algorithm.name)
     # DESIGN §2 item 8, every shell: the same outcome and invalid-action penalty for every algorithm, mini-batches of
     # a fixed number of rows, and a run that ends on total_training_steps (with its final validation and checkpoint)
     assert cfg.env.outcome == "won" and cfg.env.invalid_action_penalty == 0.1
@@ -117,9 +117,12 @@ def test_recipe_composes_and_follows_the_protocol(shell):
                           (a.ref, "log_prob_max_token_len_per_gpu"), (cfg.critic, "ppo_max_token_len_per_gpu")):
             assert node[key] >= budget  # one row fits a micro-batch (dynamic batch sizes)
         assert a.actor.use_dynamic_bsz and cfg.critic.use_dynamic_bsz
-        assert cfg.critic.model.path == a.model.path and cfg.critic.optim.lr == 1e-5
-        assert cfg.trainer.critic_warmup == 0
+        # the critic at 10x the actor's lr (verl-agent's PPO; SPA-RL's value head trains at its policy's 1e-5) and
+        # the algorithm group's warm-up (the actor's first update at step 3)
+        assert cfg.critic.model.path == a.model.path and cfg.critic.optim.lr == 1e-5 == pytest.approx(10 * a.actor.optim.lr)
+        assert cfg.critic.enable and cfg.trainer.critic_warmup == 3
         assert cfg.critic.fsdp.param_offload == (size == "7b")
+        # GAE over turns: gamma and lambda per step (verl-agent's PPO 1/1, the SPA-RL paper's 0.99/0.95)
         gae = {"ppo": (1.0, 1.0), "spa_ppo": (0.99, 0.95)}[cfg.algorithm.name]
         assert (cfg.algorithm.gamma, cfg.algorithm.lam) == gae
     if cfg.algorithm.name in ("spa", "spa_ppo"):  # the RL stage reads the estimator the shell's offline stages wrote
@@ -194,6 +197,9 @@ def test_spa_recipes_run_stage_1_before_collection(env):
     cfg = compose_recipe(recipe_args(f"recipes/{env}/spa_qwen2.5-1.5b.sh"))
     assert cfg.algorithm.name == "spa_ppo" and cfg.actor_rollout_ref.model.path == f"{work}/sft/model"
     assert cfg.algorithm.spa.estimator_path == f"{work}/pe"
+    # the paper's GAE constants, per step (turn_gae), and a critic on the clone
+    assert (cfg.algorithm.adv_estimator, cfg.algorithm.gamma, cfg.algorithm.lam) == ("turn_gae", 0.99, 0.95)
+    assert cfg.critic.enable and cfg.critic.model.path == f"{work}/sft/model"
     cfg = compose_recipe(recipe_args(f"recipes/{env}/spa_qwen2.5-1.5b.sh", SPA_ALGO="spa"))
     assert cfg.algorithm.name == "spa" and cfg.algorithm.adv_estimator == "spa"
     assert cfg.data.max_response_length == 512 and cfg.env.max_tokens_per_step is None  # step rows: no row budget

@@ -25,6 +25,15 @@ def _runs(tmp_path):
     return a, b
 
 
+def _ppo_run(tmp_path):
+    c = tmp_path / "c"
+    for step, ev in ((1, -0.4), (2, 0.1), (3, 0.35)):
+        metrics_log.append(str(c / "metrics.jsonl"), step, {
+            "episode/success": 0.2, "explore/cumulative_env_steps": 80 * step, "critic/vf_explained_var": ev,
+            "timing_s/step": 30.0}, algorithm="spa_ppo")
+    return c
+
+
 def test_report_writes_plots_and_table(tmp_path):
     a, b = _runs(tmp_path)
     md = write_report([a, b], tmp_path / "out", names=["3SPO", "SPA"], title="t")
@@ -34,6 +43,19 @@ def test_report_writes_plots_and_table(tmp_path):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 1000 and f"({png}.png)" in text
     assert "| 3SPO | 3 | 300 | 360 | 120 | 75.0% | 50.0% | 100.0% | 10 |" in text
     assert "| SPA | 3 | 270 | - | 90 | 30.0% | - | - | 20 |" in text
+    assert "critic" not in text  # no run with a critic: no critic column, no critic plot
+    assert not (tmp_path / "out" / "critic.png").exists()
+
+
+def test_report_shows_the_critics_explained_variance(tmp_path):
+    a, _b = _runs(tmp_path)
+    c = _ppo_run(tmp_path)
+    md = write_report([a, c], tmp_path / "out", names=["3SPO", "SPA-PPO"], title="t")
+    text = md.read_text()
+    assert "| s/step | critic expl. var |" in text
+    assert "| 3SPO | 3 | 300 | 360 | 120 | 75.0% | 50.0% | 100.0% | 10 | - |" in text
+    assert "| SPA-PPO | 3 | 240 | - | - | 20.0% | - | - | 30 | 0.35 |" in text  # the last step's
+    assert (tmp_path / "out" / "critic.png").stat().st_size > 1000 and "(critic.png)" in text
 
 
 def test_report_cli_and_missing_log(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """One episode as one token row: trajectory mode of ``algorithm=ppo | spa_ppo`` (DESIGN §3, §5).
 
-The policy plays the episode as one growing chat, the sequence verl's critic and ``gae`` estimator read::
+The policy plays the episode as one growing chat, the sequence verl's critic and the advantage estimator read::
 
     prompt   = U_k                                           (the first kept user turn + generation prompt)
     response = A_k C_k U_k+1 A_k+1 C_k+1 ... U_T-1 A_T-1     (mask: A = 1, C and U = 0)
@@ -14,8 +14,11 @@ trained on is the one the policy was sampled from. The tokens equal the tokeniza
 ``apply_chat_template([u_k, a_k, u_k+1, ...])`` (tested), the format ``threespo-verl sft`` trains on.
 
 **Rewards.** Step t's reward sits at the closing token of ``A_t`` (its last generated token, ``turn_ends``) and
-nowhere else; verl's ``compute_gae_advantage_return`` skips the masked tokens, so with values V_j at the action tokens
-j = 1..n (in order) and r_j the step reward on a closing token (0 elsewhere)::
+nowhere else. Each ``A_t`` is one contiguous run of mask 1s (``C_t U_t+1`` is never empty), which is how the default
+estimator ``turn_gae`` (``algos/turn_gae.py``) finds the turns: GAE over turns, V read at each turn's first action
+token, gamma and lambda once per step. verl's ``gae`` (``algorithm.adv_estimator=gae``) skips the masked tokens
+instead, so with values V_j at the action tokens j = 1..n (in order) and r_j the step reward on a closing token (0
+elsewhere) it discounts once per token::
 
     delta_j = r_j + gamma V_j+1 - V_j        (V_n+1 = 0)          A_j = delta_j + gamma lambda A_j+1
 
@@ -33,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 Messages = list[dict[str, str]]
-#: algorithms whose episodes are one row each (trajectory mode: critic + GAE across steps, DESIGN §3)
+#: algorithms whose episodes are one row each (trajectory mode: critic + GAE over turns, DESIGN §3)
 TRAJECTORY_ALGOS = ("ppo", "spa_ppo")
 
 

@@ -18,8 +18,8 @@ verl's v1 ``AgentLoopWorkerTQ`` instantiates this loop for every session of a pr
   grounding bonus) instead.
 * the same request with ``algorithm=ppo | spa_ppo`` (trajectory mode): the episode is played as one growing chat and
   returned as *one* row, observation turns masked out of ``response_mask``, each step's reward in
-  ``turn_rewards`` for the closing token of its action turn (``turn_ends``), for verl's critic and ``gae``
-  estimator (``rollout/trajectory.py``).
+  ``turn_rewards`` for the closing token of its action turn (``turn_ends``), for verl's critic and the
+  ``turn_gae`` (or verl's ``gae``) estimator (``rollout/trajectory.py``).
 
 A prompt longer than ``rollout.prompt_length`` keeps its head (system text, task, chat-template start) and loses
 its oldest history turns, one at a time, until it fits; the dropped turns are counted in every row's
@@ -366,7 +366,7 @@ class StepRolloutAgentLoop(AgentLoopBase):
         """The whole episode as one row (``rollout/trajectory.py``): the policy plays it as one growing chat (user
         turn t = step t's prompt, rendered as for every algorithm), the row's response holds every action turn
         (mask 1) and the user turns between them (mask 0), and step t's reward goes to ``turn_rewards[t]``, placed
-        by the trainer at ``turn_ends[t]``, the closing token of action turn t, for verl's critic and ``gae``::
+        by the trainer at ``turn_ends[t]``, the closing token of action turn t, for verl's critic and ``turn_gae``::
 
             ppo:      r_t = R 1{t = T-1} - p 1{a_t invalid}
             spa_ppo:  r_t = alpha_p c_t + beta g'_t - p 1{a_t invalid}

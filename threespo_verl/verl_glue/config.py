@@ -24,8 +24,10 @@ SCORE_DIFFS = ("untruncated", "literal")
 STATE_SCOPES = ("task", "global")
 UPDATE_MODES = ("post_step", "post_step_own_round", "post_trajectory")  # = rollout.release.UPDATE_MODES
 REWARD_STATS = ("round", "update")
-#: the advantage estimator of each algorithm (its config group, config/algorithm/NAME.yaml, sets both keys)
-ADV_ESTIMATORS = {"3spo": "3spo", "grpo": "grpo", "gigpo": "gigpo", "spa": "spa", "ppo": "gae", "spa_ppo": "gae"}
+#: the advantage estimators each algorithm trains with, its default first (its config group,
+#: config/algorithm/NAME.yaml, sets the default); the trajectory algorithms also take verl's token-level `gae`
+ADV_ESTIMATORS = {"3spo": ("3spo",), "grpo": ("grpo",), "gigpo": ("gigpo",), "spa": ("spa",),
+                  "ppo": ("turn_gae", "gae"), "spa_ppo": ("turn_gae", "gae")}
 GIGPO_MODES = ("mean_std_norm", "mean_norm")
 OUTCOMES = ("won", "score")  # = threespo_verl.rollout.expand.OUTCOMES
 SPA_GUARDS = ("normalized", "state_change", "cap")  # = threespo_verl.algos.spa.GUARD_MODES
@@ -156,10 +158,11 @@ class ThreeSPOAlgoConfig(AlgoConfig):
     """verl's AlgoConfig plus this package's algorithm sections (``algorithm.threespo``, ``algorithm.gigpo``)."""
 
     #: which algorithm runs: `3spo`, `grpo`, `gigpo`, `spa`, `ppo`, `spa_ppo` (set by `algorithm=`; `ppo` and
-    #: `spa_ppo` also set verl's `algorithm.adv_estimator=gae`, `algorithm.gamma` and `algorithm.lam`: 1.0/1.0 and
-    #: 0.99/0.95)
+    #: `spa_ppo` also set verl's `algorithm.adv_estimator=turn_gae`, `algorithm.gamma` and `algorithm.lam` per step:
+    #: 1.0/1.0 and 0.99/0.95, `critic.enable=true` and `trainer.critic_warmup`)
     name: str = "3spo"
-    #: verl's advantage estimator; must be the one ``ADV_ESTIMATORS`` pairs with ``name`` (the group sets both)
+    #: verl's advantage estimator; one of those ``ADV_ESTIMATORS`` pairs with ``name`` (the group sets the default;
+    #: `ppo`/`spa_ppo` also take verl's per-token `gae`)
     adv_estimator: str = "3spo"
     #: rows per optimizer step for every algorithm: an update of R rows takes ceil(R / mini_batch_rows) optimizer
     #: steps (x `actor.ppo_epochs`); unused when `env_steps_per_optimizer_step` is set
@@ -183,10 +186,14 @@ class ThreeSPOAlgoConfig(AlgoConfig):
         if want is None:
             raise ValueError(f"algorithm.name={self.name!r}; valid: {', '.join(ADV_ESTIMATORS)}")
         got = str(getattr(self.adv_estimator, "value", self.adv_estimator))
-        if got != want:
-            raise ValueError(f"algorithm.name={self.name} trains with algorithm.adv_estimator={want}, got {got}: "
-                             f"select the algorithm with the config group algorithm={self.name}, which sets both, "
-                             f"instead of overriding one of them")
+        if got not in want:
+            if len(want) == 1:
+                raise ValueError(f"algorithm.name={self.name} trains with algorithm.adv_estimator={want[0]}, got "
+                                 f"{got}: select the algorithm with the config group algorithm={self.name}, which "
+                                 f"sets both, instead of overriding one of them")
+            raise ValueError(f"algorithm.name={self.name} trains with algorithm.adv_estimator={' or '.join(want)} "
+                             f"(default {want[0]}: GAE over turns; gae: verl's GAE over tokens), got {got}: select the "
+                             f"algorithm with algorithm={self.name} and, for verl's, add algorithm.adv_estimator=gae")
 
 
 @dataclass

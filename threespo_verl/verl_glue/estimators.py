@@ -1,11 +1,14 @@
-"""verl advantage estimators ``3spo``, ``gigpo`` and ``spa`` (thin glue; the math is in threespo_verl/algos).
+"""verl advantage estimators ``3spo``, ``gigpo``, ``spa`` and ``turn_gae`` (thin glue; the math is in
+threespo_verl/algos).
 
-Both are registered through ``verl.trainer.ppo.core_algos.register_adv_est`` and are called by verl's advantage step
+All are registered through ``verl.trainer.ppo.core_algos.register_adv_est`` and are called by verl's advantage step
 with ``token_level_rewards``, ``response_mask``, ``index`` and ``config`` (verl's v1 trainer passes the raw
 ``config.algorithm`` DictConfig; the dataclass, a dict or None work too). The row's reward is
 ``token_level_rewards.sum(-1)``, as in verl's GRPO (the trainer places each step's reward at its last valid token;
 an in-reward KL penalty, if enabled, is part of it); the grouping comes
 from the per-row metadata (``row_meta``). Each row's scalar advantage is broadcast over its response tokens.
+``turn_gae`` (trajectory rows) is the exception: per-turn advantages and returns from the critic's values, which
+verl hands only to its own ``gae``, so they come through the row metadata too.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import verl.utils.torch_functional as verl_F
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 
 from threespo_verl.algos.gigpo import gigpo_advantage
 from threespo_verl.algos.spa import spa_advantage
 from threespo_verl.algos.threespo import group_step_advantage, merge_group_ids, step_group_ids
+from threespo_verl.algos.turn_gae import turn_gae_advantage_return
 from threespo_verl.verl_glue import row_meta as rm
 
-REGISTERED_ESTIMATORS = ("3spo", "gigpo", "spa")
+REGISTERED_ESTIMATORS = ("3spo", "gigpo", "spa", "turn_gae")
 
 
 def _section(config: Any, name: str, cls: type) -> Any:
@@ -116,12 +121,50 @@ def compute_spa_advantage(token_level_rewards: torch.Tensor, response_mask: torc
     return _broadcast(adv, token_level_rewards, response_mask)
 
 
-_FUNCTIONS = {"3spo": compute_3spo_step_advantage, "gigpo": compute_gigpo_advantage, "spa": compute_spa_advantage}
+def _algo_value(config: Any, key: str) -> float:
+    """``config.<key>`` of verl's algorithm config (DictConfig, dataclass or dict); AlgoConfig's default if absent."""
+    from verl.trainer.config.algorithm import AlgoConfig
+
+    value = None
+    if config is not None:
+        value = config.get(key, None) if hasattr(config, "get") else getattr(config, key, None)
+    return float(getattr(AlgoConfig, key) if value is None else value)
+
+
+def compute_turn_gae_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index=None,
+                               config: Any = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn-level GAE (``threespo_verl.algos.turn_gae``) on trajectory rows: gamma = ``algorithm.gamma`` and lambda =
+    ``algorithm.lam`` per turn (per environment step), A_t and the critic's target G_t = A_t + V(s_t) on every action
+    token of turn t, V(s_t) read at the turn's first action token. The advantages are then whitened over the batch's
+    action tokens, as verl's ``gae`` does; 0 on masked tokens.
+
+    verl passes values to its built-in ``gae`` only, so the critic's values come from the row metadata (``values``,
+    handed over by the trainer), with the turns: the runs of 1s of ``action_mask`` (the response mask the rollout
+    wrote; ``response_mask`` may have lost tokens to verl's rollout-correction rejection, and it only masks the
+    output)."""
+    meta = rm.require_row_metadata("turn_gae", rm.required_fields("turn_gae"), token_level_rewards.shape[0])
+    device, dtype = token_level_rewards.device, token_level_rewards.dtype
+    values = torch.as_tensor(np.asarray(meta[rm.VALUES], dtype=np.float32), device=device).to(dtype)
+    turns = torch.as_tensor(np.asarray(meta[rm.ACTION_MASK], dtype=np.int64), device=device)
+    if values.shape != token_level_rewards.shape or turns.shape != token_level_rewards.shape:
+        raise rm.MissingRowMetadataError(
+            f"advantage estimator 'turn_gae': per-token metadata values {tuple(values.shape)} and action_mask "
+            f"{tuple(turns.shape)} must match the batch's token-level rewards {tuple(token_level_rewards.shape)}; hand "
+            "over the critic's values and the response mask of this batch, padded as verl pads it")
+    adv, returns = turn_gae_advantage_return(token_level_rewards, values, turns, gamma=_algo_value(config, "gamma"),
+                                             lam=_algo_value(config, "lam"))
+    mask = response_mask.to(dtype)
+    adv = verl_F.masked_whiten(adv, mask) * mask
+    return adv, returns * mask
+
+
+_FUNCTIONS = {"3spo": compute_3spo_step_advantage, "gigpo": compute_gigpo_advantage, "spa": compute_spa_advantage,
+              "turn_gae": compute_turn_gae_advantage}
 assert tuple(_FUNCTIONS) == REGISTERED_ESTIMATORS
 
 
 def register_estimators() -> None:
-    """Register both estimators with verl. Idempotent: the same module-level functions are registered each time, so
+    """Register the estimators with verl. Idempotent: the same module-level functions are registered each time, so
     verl's check (which raises only for a *different* function under the same name) never fires on a second call."""
     for name, fn in _FUNCTIONS.items():
         if ADV_ESTIMATOR_REGISTRY.get(name) is not fn:

@@ -1,7 +1,8 @@
 """Rewards and row metadata for verl's advantage step: each row's reward is ``extra_fields["step_reward"]`` at its
 last response token (verl copies the last output's ``reward_score`` onto the other outputs of a session), a
 trajectory row's turn rewards at the closing token of each action turn; the per-row metadata reaches the
-``3spo``/``gigpo`` estimators through ``row_meta.row_metadata``; padding rows (``is_padding``) join no group."""
+``3spo``/``gigpo``/``spa`` estimators through ``row_meta.row_metadata``, and ``turn_gae`` gets the critic's values and
+the turns' mask the same way; padding rows (``is_padding``) join no group."""
 
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ class RewardsMixin:
         return out
 
     def row_metadata(self, batch: KVBatchMeta, extras: list[StepRow]) -> dict[str, np.ndarray]:
-        """The per-row metadata of ``row_meta`` for this batch, aligned with ``batch.keys``."""
+        """The per-row metadata of ``row_meta`` for this batch, aligned with ``batch.keys``; with
+        ``adv_estimator=turn_gae`` also its per-token fields (``turn_gae_metadata``)."""
         pad = np.array([is_padding(t) for t in batch.tags])
+        tokens = self.turn_gae_metadata(batch) if str(self.config.algorithm.adv_estimator) == "turn_gae" else {}
         return {
             # trees scope 3SPO's node ids; episode rows are scoped by verl's uid (one submission of a task)
             rm.TASK_ID: np.array([e.tree_id for e in extras], dtype=object),
@@ -112,7 +115,18 @@ class RewardsMixin:
             rm.STATE_KEY: np.array([e.state_key for e in extras], dtype=object),
             rm.ROUND: np.array([int(e.round) for e in extras], dtype=np.int64),
             rm.IS_PADDING: pad,
+            **tokens,
         }
+
+    def turn_gae_metadata(self, batch: KVBatchMeta) -> dict[str, np.ndarray]:
+        """``values`` (the critic's, written by verl's ``_compute_values``) and ``action_mask`` (the response mask
+        as the rollout wrote it) of every row, padded to the batch's longest response as verl's advantage step pads
+        its tensors (``to_padded_tensor``, zeros), so that they line up with the token-level rewards ``turn_gae``
+        receives."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["values", "response_mask"]).to_padded_tensor()
+        return {rm.VALUES: data["values"].detach().to("cpu", torch.float32).numpy(),
+                rm.ACTION_MASK: data["response_mask"].detach().to("cpu", torch.int64).numpy()}
 
     def _flip_advantages(self, batch: KVBatchMeta) -> None:
         """The ``flip_advantage`` mutation: negate every advantage in TransferQueue."""

@@ -28,11 +28,20 @@ strings or ints; they need only be unique within a task (every grouping is scope
 ``valid_action``     the action parsed and was admissible
 ===================  ====================================================================================
 
+Per-token fields (one ``(rows, response_length)`` array, padded with 0 as verl pads the batch's token tensors), for
+``turn_gae`` on trajectory rows, whose value-based advantage verl's registry call does not supply:
+
+===================  ====================================================================================
+``values``           the critic's values (``values[i]``: the value of the prefix response token i is generated from)
+``action_mask``      the response mask as the rollout wrote it; each run of 1s is one action turn
+===================  ====================================================================================
+
 Required per estimator (``REQUIRED``, ``required_fields``):
 
 * ``3spo``:  task_id, parent_node_id, is_padding  (+ env_task_id, state_key with ``merge_identical_states``)
 * ``gigpo``: task_id, traj_id, step_index, state_key, is_padding
 * ``spa``:   task_id, traj_id, step_index, is_padding
+* ``turn_gae``: values, action_mask
 
 The reward components and ``valid_action`` are read by no estimator (the row's reward is already the sum of the
 token-level rewards); they are part of the contract for the trainer's metrics (DESIGN §7).
@@ -62,9 +71,11 @@ R_SCORE_DIFF = "r_score_diff"
 R_SUCCESS = "r_success"
 R_PENALTY = "r_penalty"
 VALID_ACTION = "valid_action"
+VALUES = "values"
+ACTION_MASK = "action_mask"
 
 ALL_FIELDS = (TASK_ID, ENV_TASK_ID, TRAJ_ID, STEP_INDEX, NODE_ID, PARENT_NODE_ID, STATE_KEY, ROUND, IS_PADDING, R_NOVEL,
-              R_SCORE_DIFF, R_SUCCESS, R_PENALTY, VALID_ACTION)
+              R_SCORE_DIFF, R_SUCCESS, R_PENALTY, VALID_ACTION, VALUES, ACTION_MASK)
 
 #: what each estimator reads. 3SPO's group (Eq.4) is (task_id, parent_node_id); GiGPO's trajectory is
 #: (task_id, traj_id) and its anchor group (task_id, state_key). Ids need only be unique within a task.
@@ -72,6 +83,7 @@ REQUIRED = {
     "3spo": (TASK_ID, PARENT_NODE_ID, IS_PADDING),
     "gigpo": (TASK_ID, TRAJ_ID, STEP_INDEX, STATE_KEY, IS_PADDING),
     "spa": (TASK_ID, TRAJ_ID, STEP_INDEX, IS_PADDING),
+    "turn_gae": (VALUES, ACTION_MASK),
 }
 #: what 3SPO additionally reads with ``algorithm.threespo.merge_identical_states=true``: groups (env_task_id,
 #: state_key) over the update's rows, where state_key is the state the row's action was taken in (its parent's state)
@@ -79,7 +91,7 @@ MERGE_FIELDS = (ENV_TASK_ID, STATE_KEY)
 
 
 def required_fields(estimator: str, merge_identical_states: bool = False) -> tuple[str, ...]:
-    """The metadata fields ``estimator`` ("3spo" | "gigpo" | "spa") reads under the given options."""
+    """The metadata fields ``estimator`` ("3spo" | "gigpo" | "spa" | "turn_gae") reads under the given options."""
     if estimator not in REQUIRED:
         raise KeyError(f"no row-metadata contract for estimator {estimator!r}; known: {sorted(REQUIRED)}")
     fields = REQUIRED[estimator]

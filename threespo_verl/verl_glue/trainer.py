@@ -17,12 +17,15 @@ is verl's own):
   unchanged (the buffer hands them over as the "sample").
 * GRPO / GiGPO: verl's own prompt flow, ``rollout.n`` episode sessions per task.
 * PPO / SPA-PPO (``algorithm=ppo | spa_ppo``): the same flow, one *trajectory row* per episode (observation turns
-  masked, ``rollout/trajectory.py``); each step's reward at the closing token of its action turn, so verl's critic
-  (``_compute_values``, ``_update_critic``) and its ``gae`` estimator run unchanged; ``check_trajectory_config``
-  checks the row's token budget up front.
+  masked, ``rollout/trajectory.py``); each step's reward at the closing token of its action turn. verl's critic
+  (``_compute_values``, ``_update_critic``) runs unchanged; the advantage is the turn-level ``turn_gae`` (gamma and
+  lambda per step, ``algos/turn_gae.py``) or verl's token-level ``gae`` (``algorithm.adv_estimator=gae``). verl's
+  ``trainer.critic_warmup`` holds the actor back while the critic learns; ``check_trajectory_config`` checks the
+  row's token budget up front.
 * ``_compute_advantage``: each row's reward is ``extra_fields["step_reward"]`` at its last response token (verl
   copies the last output's ``reward_score`` onto the other outputs of a session); the per-row metadata reaches the
-  ``3spo``/``gigpo`` estimators through ``row_meta.row_metadata``; padding rows (``is_padding``) join no group.
+  ``3spo``/``gigpo``/``spa`` estimators through ``row_meta.row_metadata``, and ``turn_gae`` gets the critic's values
+  the same way (verl hands them to its own ``gae`` only); padding rows (``is_padding``) join no group.
 * ``_balance_batch`` / ``_get_required_batch_multiple`` / ``_update_actor`` / ``_update_critic``: mini-batches of
   at most ``algorithm.mini_batch_rows`` rows for every algorithm (DESIGN §2.8): an update of R rows takes
   K = ceil(R / mini_batch_rows) optimizer steps (x ``actor.ppo_epochs``), its rows split evenly into K mini-batches
@@ -159,6 +162,9 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
             self.progress_worker = create_progress_worker(self.algo_cfg.spa)
         if self.algo in TRAJECTORY_ALGOS:
             check_trajectory_config(config)
+        if str(config.algorithm.adv_estimator) == "turn_gae" and not self.use_critic:
+            raise ValueError("algorithm.adv_estimator=turn_gae reads the critic's values, but the critic is off: set "
+                             "critic.enable=true (algorithm=ppo | spa_ppo set it)")
 
     # 3SPO's rounds need a buffer that waits for exactly one round's groups and hands a staged batch to _step_once
     def _build_replay_buffer(self) -> ReplayBuffer:
