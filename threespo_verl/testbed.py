@@ -153,49 +153,69 @@ def behaviour_clone(folder: Path, noise: float = BC["noise"], demos: int = BC["d
                                                   max_steps=max_steps, history_length=history_length)}
 
 
-#: the algorithms the testbed runs (``algorithm_overrides``). ``3spo_paper`` is 3SPO with the paper's timing: one
-#: update after every expansion round, Eq.2 from the snapshot before the round (``update_mode=post_step``,
-#: ``reward_stats=round``); ``3spo`` updates once the batch's trees are done, with Eq.2 re-scored from the
-#: statistics of those trees (``post_trajectory``, ``update``; DESIGN §2.2 and §8 for the measurement).
-ALGORITHMS = ("3spo", "3spo_paper", "grpo", "gigpo", "spa", "ppo", "spa_ppo")
+#: the algorithms the testbed runs (``algorithm_overrides``). 3SPO in its three forms (DESIGN §2.7): ``3spo``, the
+#: default (an update after every expansion round with the groups whose subtree closed in it, Eq.2 rescored then);
+#: ``3spo_literal``, the paper's literal form (each round's groups in that round's update, Eq.2 from the snapshot
+#: before the round: ``update_mode=post_step_own_round``, ``reward_stats=round``); ``3spo_post_traj`` (one update
+#: once the batch's trees are done, rescored). PPO and SPA-PPO with the turn-level GAE (their default) and with verl's
+#: token-level ``gae`` (``*_token_gae``).
+ALGORITHMS = ("3spo", "3spo_literal", "3spo_post_traj", "grpo", "gigpo", "spa", "ppo", "spa_ppo", "ppo_token_gae",
+              "spa_ppo_token_gae")
+THREESPO_FORMS = {
+    "3spo": [],
+    "3spo_literal": ["algorithm.threespo.update_mode=post_step_own_round", "algorithm.threespo.reward_stats=round"],
+    "3spo_post_traj": ["algorithm.threespo.update_mode=post_trajectory", "algorithm.threespo.reward_stats=update"],
+}
+#: optimizer steps by env steps on the testbeds (``algorithm.env_steps_per_optimizer_step``, DESIGN §2.8): one per 48
+#: env steps, about what a GRPO step of 4 tasks x 8 episodes (~140 env steps) took with 64-row mini-batches (3)
+ENV_STEPS_PER_OPTIMIZER_STEP = 48
+
+#: updates of the critic alone before the actor's first (``trainer.critic_warmup``: the actor updates from step
+#: CRITIC_WARMUP on, so one critic-only update), for the trajectory algorithms on the testbed
+CRITIC_WARMUP = 2
 
 
 def algorithm_overrides(algo: str, group: int) -> list[str]:
     """3SPO samples up to ``group`` (= g_max) replies per node from one tree per task; the episode algorithms play
-    ``group`` episodes per task (rollout.n): the same per-task env-step budget G x H (DESIGN §2.8)."""
+    ``group`` episodes per task (rollout.n): the same per-task env-step budget G x H (DESIGN §2.8). PPO and SPA-PPO
+    train one row per episode with a critic whose learning rate is the actor's."""
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown testbed algorithm {algo!r}; valid: {', '.join(ALGORITHMS)}")
-    if algo in ("3spo", "3spo_paper"):
-        timing = (["algorithm.threespo.update_mode=post_trajectory", "algorithm.threespo.reward_stats=update"]
-                  if algo == "3spo" else
-                  ["algorithm.threespo.update_mode=post_step", "algorithm.threespo.reward_stats=round"])
-        return ["algorithm=3spo", f"algorithm.threespo.g_max={group}", "actor_rollout_ref.rollout.n=1", *timing]
-    if algo in ("ppo", "spa_ppo"):
+    if algo in THREESPO_FORMS:
+        return ["algorithm=3spo", f"algorithm.threespo.g_max={group}", "actor_rollout_ref.rollout.n=1",
+                *THREESPO_FORMS[algo]]
+    base = algo.removesuffix("_token_gae")
+    if base in ("ppo", "spa_ppo"):
         # one row per episode (DESIGN §3): the response holds all H turns (~400 tokens each with history 1), each
         # reply keeps the 48 tokens of the step rows; 1,024 + 3,072 tokens = the tiny model's context
-        return [f"algorithm={algo}", f"actor_rollout_ref.rollout.n={group}", "env.max_tokens_per_step=48",
-                "data.max_response_length=3072"]
+        estimator = ["algorithm.adv_estimator=gae"] if algo.endswith("_token_gae") else []
+        return [f"algorithm={base}", *estimator, f"actor_rollout_ref.rollout.n={group}", "env.max_tokens_per_step=48",
+                "data.max_response_length=3072", "critic.optim.lr=${actor_rollout_ref.actor.optim.lr}",
+                f"trainer.critic_warmup={CRITIC_WARMUP}"]
     return [f"algorithm={algo}", f"actor_rollout_ref.rollout.n={group}"]
 
 
-def steps_per_update(algo: str, horizon: int = int(ENV["max_steps"])) -> int:
-    """Training steps of ``algo`` that spend the env steps of one GRPO step (at most tasks x G x H): one, except for
-    3SPO with the paper's timing, whose step is one expansion round (at most tasks x G env steps), so H of them."""
-    return horizon if algo == "3spo_paper" else 1
+def grpo_step_env_steps(tasks: int, group: int, horizon: int) -> int:
+    """The most env steps one GRPO step spends: ``tasks`` x G episodes of at most H steps (the unit in which the
+    demo and the learning test state their env-step budgets)."""
+    return int(tasks) * int(group) * int(horizon)
 
 
-def _follow(log: Path, total: int, label: str, stop) -> None:
-    """Progress bar from the run's metrics.jsonl (one line per finished training step)."""
+def _follow(log: Path, total: int, label: str, stop, unit: str = "steps") -> None:
+    """Progress bar from the run's metrics.jsonl (one line per finished update), in updates or env steps."""
     from tqdm import tqdm
 
     from threespo_verl.verl_glue import metrics_log
 
-    bar = tqdm(total=total, desc=f"{label:>12} steps", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"{label:>12} {unit}", unit=unit.split()[-1][:-1] or "step", dynamic_ncols=True)
     bar.set_postfix_str("starting Ray, vLLM and the FSDP workers")
     done = 0
     while not stop.is_set():
         rows = metrics_log.read(str(log))
-        n = max((r["step"] for r in rows), default=0)
+        if unit == "env steps":
+            n = min(total, max((int(r.get("explore/cumulative_env_steps", 0)) for r in rows), default=0))
+        else:
+            n = max((r["step"] for r in rows), default=0)
         if n > done:
             bar.update(n - done)
             done = n
@@ -215,9 +235,12 @@ def _follow(log: Path, total: int, label: str, stop) -> None:
     bar.close()
 
 
-def run_training(overrides_: list[str], out: Path, steps: int, label: str, env: dict | None = None) -> float:
+def run_training(overrides_: list[str], out: Path, steps: int, label: str, env: dict | None = None,
+                 unit: str = "steps") -> float:
     """Run ``python -m threespo_verl.main --config-name threespo_trainer_cpu OVERRIDES`` into ``out`` (verl's console
-    output in ``out/train.log``) with a progress bar; returns the wall time. A failed run raises with the log's end."""
+    output in ``out/train.log``) with a progress bar; returns the wall time. A failed run raises with the log's end.
+    ``unit="steps"``: ``steps`` is ``trainer.total_training_steps``; ``"env steps"``: the overrides end the run at an
+    env-step budget (``trainer.total_env_steps``) and ``steps`` is that budget (the progress bar's total)."""
     import os
     import subprocess
     import sys
@@ -226,10 +249,11 @@ def run_training(overrides_: list[str], out: Path, steps: int, label: str, env: 
 
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "threespo_verl.main", "--config-name", "threespo_trainer_cpu",
-           f"trainer.default_local_dir={out}", f"trainer.total_training_steps={steps}", *overrides_]
+           f"trainer.default_local_dir={out}",
+           *([f"trainer.total_training_steps={steps}"] if unit == "steps" else []), *overrides_]
     run_env = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false", **(env or {}))
     stop = threading.Event()
-    watcher = threading.Thread(target=_follow, args=(out / "metrics.jsonl", steps, label, stop), daemon=True)
+    watcher = threading.Thread(target=_follow, args=(out / "metrics.jsonl", steps, label, stop, unit), daemon=True)
     t0 = time.time()
     with open(out / "train.log", "w") as logf:
         logf.write(" ".join(cmd) + "\n")

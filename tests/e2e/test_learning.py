@@ -28,7 +28,7 @@ from threespo_verl.verl_glue import metrics_log
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 VAL = "val-core/household/success"
-#: updates of training (each spends at most 4 tasks x 8 x H env steps)
+#: the env-step budget of each run, in GRPO steps of at most 4 tasks x 8 episodes x H env steps (640 env steps)
 STEPS = 4
 #: the trained policy must gain this much held-out success, and reach at least FLOOR
 GAIN, FLOOR = 0.25, 0.5
@@ -45,12 +45,14 @@ def bc_model():
 
 
 def _train(algo: str, model, out) -> list[dict]:
-    scale = testbed.steps_per_update(algo)
+    budget = STEPS * testbed.grpo_step_env_steps(4, 8, testbed.EASY.horizon)
     overrides = [*testbed.overrides(), *testbed.algorithm_overrides(algo, 8), f"actor_rollout_ref.model.path={model}",
-                 "data.train_batch_size=4", "actor_rollout_ref.actor.optim.lr=3e-4", "algorithm.mini_batch_rows=64",
-                 "trainer.save_freq=-1", "trainer.val_before_train=true", f"trainer.test_freq={STEPS * scale}",
-                 "data.seed=0", "algorithm.threespo.sample_seed=0"]
-    testbed.run_training(overrides, out, STEPS * scale, algo)
+                 "data.train_batch_size=4", "actor_rollout_ref.actor.optim.lr=3e-4",
+                 f"algorithm.env_steps_per_optimizer_step={testbed.ENV_STEPS_PER_OPTIMIZER_STEP}",
+                 "trainer.save_freq=-1", "trainer.val_before_train=true", "trainer.test_freq=-1",
+                 f"trainer.total_env_steps={budget}", f"trainer.val_every_env_steps={budget}",
+                 "trainer.total_training_steps=1000", "data.seed=0", "algorithm.threespo.sample_seed=0"]
+    testbed.run_training(overrides, out, budget, algo, unit="env steps")
     return metrics_log.read(str(out / "metrics.jsonl"))
 
 

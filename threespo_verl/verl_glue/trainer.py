@@ -292,9 +292,12 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         super().on_step_end()  # verl's weight sync into the rollout engine
         self._run_probe()
         if self._val_now:
-            self.on_validate_begin()
-            self._env_step_val = self._validate()
-            self.on_validate_end()
+            from verl.utils.debug import marked_timer
+
+            with marked_timer("testing", self.timing_raw, color="green"):
+                self.on_validate_begin()
+                self._env_step_val = self._validate()
+                self.on_validate_end()
         if self._stop_now:
             self._end_run_at_budget()
 

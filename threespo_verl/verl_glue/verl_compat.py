@@ -68,7 +68,7 @@ TRAINER_CALLS: dict[str, tuple[str, ...]] = {
 #: attributes of verl's trainer the glue reads (``trainer_mode``, ``local_trigger_step``: also writes)
 TRAINER_ATTRIBUTES = ("config", "trainer_mode", "parameter_sync_step", "local_trigger_step", "global_steps",
                       "replay_buffer", "use_critic", "use_reference_policy", "tokenizer", "actor_rollout_wg",
-                      "total_training_steps")
+                      "total_training_steps", "timing_raw")
 #: how verl's ``_balance_batch`` reads the actor's data-parallel size (``actor_dp_size`` does the same): the
 #: ``Worker`` method ``_query_dispatch_info``, which the worker group exposes, queried once and cached in the
 #: worker group's ``_dispatch_info``
