@@ -35,6 +35,15 @@ as well as the cost (the trainer warns; see ``bypass_with_constrained_decoding``
 It prints a table (with the actor worker's peak memory) and, per model,
 ``MODEL: s/row today X.XXX, bypass X.XXX, levers X.XXX, bf16 X.XXX, speed-up X.XXx, bf16 X.XXx`` (today / levers,
 today / bf16).
+
+    python benchmarks/bench_update_cost.py --fixed-cost RUN_DIR [RUN_DIR ...]
+
+splits the cost of one post-step 3SPO update into a fixed part and a per-row part instead: a least-squares fit of
+``seconds = a + b x rows`` over the updates logged in finished runs (e.g. the learning benchmark's ``3spo`` runs:
+updates of 2 to ~130 rows), per stage (the old-log-prob pass over the round's rows, advantages, the FSDP update, the
+weight sync) and in total, and prints ``update cost: fixed X.XXX s per update, X.XXXX s per row (R2 X.XX); an
+update of N rows is X% fixed``, N = the median update. ``min_update_rows`` = k x a / b keeps the fixed part of an
+update at or below 1 / (k + 1).
 """
 
 from __future__ import annotations
@@ -77,6 +86,41 @@ def per_row(rows: list[dict], skip: int = 1) -> dict[str, float]:
     return out
 
 
+FIT_STAGES = ("round_old_log_prob", "adv", "update_actor", "update_weights")
+
+
+def fit_fixed_and_per_row(rows: list[dict], skip: int = 1) -> dict[str, tuple[float, float, float]]:
+    """Per stage of ``FIT_STAGES`` and ``total``: (a, b, R^2) of the least-squares line seconds = a + b x rows over
+    the updates after the first ``skip`` (``actor/update_rows``, ``timing_s/<stage>``)."""
+    steps = [r for r in rows if "actor/update_rows" in r][skip:]
+    if len(steps) < 3:
+        raise RuntimeError(f"{len(steps)} updates logged after the warm-up: too few to fit a line")
+    x = np.array([float(r["actor/update_rows"]) for r in steps])
+    out = {}
+    ys = {stage: np.array([float(r.get(f"timing_s/{stage}", 0.0)) for r in steps]) for stage in FIT_STAGES}
+    ys["total"] = sum(ys.values())
+    design = np.stack([np.ones_like(x), x], axis=1)
+    for stage, y in ys.items():
+        (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+        resid = y - (a + b * x)
+        r2 = 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum()) if y.var() > 0 else float("nan")
+        out[stage] = (float(a), float(b), r2)
+    out["median_rows"] = (float(np.median(x)), 0.0, 0.0)
+    return out
+
+
+def fixed_cost_report(run_dirs: list[Path]) -> None:
+    rows = [r for d in run_dirs for r in metrics_log.read(str(Path(d) / "metrics.jsonl"))]
+    fit = fit_fixed_and_per_row(rows)
+    n = fit.pop("median_rows")[0]
+    print(f"{'stage':<20} {'fixed s/update':>15} {'s/row':>10} {'R2':>6}")
+    for stage, (a, b, r2) in fit.items():
+        print(f"{stage:<20} {a:>15.3f} {b:>10.4f} {r2:>6.2f}")
+    a, b, r2 = fit["total"]
+    print(f"update cost: fixed {a:.3f} s per update, {b:.4f} s per row (R2 {r2:.2f}); an update of {n:.0f} rows is "
+          f"{100 * a / (a + b * n):.0f}% fixed")
+
+
 def bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     """The CPU's bf16 matrix instructions among ``amx_bf16`` and ``avx512_bf16`` (empty: bf16 runs slowly here)."""
     try:
@@ -101,9 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=4, help="tasks per step (data.train_batch_size)")
     ap.add_argument("--group", type=int, default=8, help="episodes per task (rollout.n)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_update_cost"))
+    ap.add_argument("--fixed-cost", nargs="+", type=Path, default=None, metavar="RUN_DIR",
+                    help="fit fixed + per-row update cost over the updates of finished post-step 3SPO runs instead")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. "
                     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1024 (tokens per micro-batch)")
     a = ap.parse_args(argv)
+    if a.fixed_cost:
+        fixed_cost_report(a.fixed_cost)
+        return 0
     from threespo_verl import models
 
     out = a.out.resolve()

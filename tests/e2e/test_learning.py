@@ -5,14 +5,15 @@ It fails when the learning signal breaks, not only when something crashes: with 
 step reward put one token past its response (``THREESPO_TEST_MUTATION=flip_advantage`` / ``reward_off_by_one``, a
 test-only switch of the trainer) the test fails.
 
-Thresholds come from measured runs (initial success 9-25% on the 32-task panel, sampled at T=1; after 4 updates GRPO
-reached 75%, 3SPO 72% and 88%) with a margin for the panel's sampling noise (one panel pass has a standard error of
-about 7 points).
+Every run spends the same env-step budget (``trainer.total_env_steps``: 4 GRPO steps of 4 tasks x 8 episodes x H =
+640 env steps) and takes one optimizer step per ``testbed.ENV_STEPS_PER_OPTIMIZER_STEP`` env steps, at least one per
+update. Thresholds come from measured runs (initial success 9-25% on the 32-task panel, sampled at T=1; GRPO reached
+75% after 4 updates; 3SPO's default post-step form 12.5% -> 81.2% at 643 env steps, in 56 updates) with a margin
+for the panel's sampling noise (one panel pass has a standard error of about 7 points).
 
-3SPO runs as the testbed's ``3spo`` (one update once the batch's trees are done, Eq.2 re-scored from their
-statistics: ``update_mode=post_trajectory``, ``reward_stats=update``). With the paper's timing (an update after every
-expansion round, ``testbed``'s ``3spo_paper``) held-out success fell on this testbed (measured: 25% -> 6%, 22% -> 3%);
-the learning benchmark (benchmarks/bench_learning.py) reports both.
+3SPO runs in its default form (``update_mode=post_step``: an update after every expansion round with the groups whose
+subtree closed in it, Eq.2 rescored then, old log-probs from sampling time). The learning benchmark
+(benchmarks/bench_learning.py) reports it beside its literal paper form and the post-trajectory variant.
 """
 
 from __future__ import annotations

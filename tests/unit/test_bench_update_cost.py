@@ -73,3 +73,19 @@ def test_bf16_units_reads_the_cpu_flags(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
     assert uc.bf16_units(info) == []
     assert uc.bf16_units(tmp_path / "missing") == []
+
+
+def test_fixed_cost_fit_recovers_a_line_through_the_updates():
+    """Hand-made updates whose stages cost exactly 0.5 + 0.01 x rows (update), 0.2 (sync) and 0.001 x rows (pass):
+    the total is 0.7 s per update + 0.011 s per row; the first (warm-up) update is left out."""
+    updates = [{"actor/update_rows": 99, "timing_s/update_actor": 50.0}]  # a warm-up outlier, skipped
+    for n in (2, 10, 40, 130):
+        updates.append({"actor/update_rows": n, "timing_s/update_actor": 0.5 + 0.01 * n,
+                        "timing_s/update_weights": 0.2, "timing_s/round_old_log_prob": 0.001 * n})
+    fit = uc.fit_fixed_and_per_row(updates)
+    a, b, r2 = fit["total"]
+    assert (a, b) == (pytest.approx(0.7), pytest.approx(0.011)) and r2 == pytest.approx(1.0)
+    assert fit["update_weights"][:2] == (pytest.approx(0.2), pytest.approx(0.0))
+    assert fit["median_rows"][0] == 25.0
+    with pytest.raises(RuntimeError, match="too few"):
+        uc.fit_fixed_and_per_row(updates[:3])

@@ -16,7 +16,8 @@ Step level (rows of one task that acted from the same anchor state form a group)
     A       = A_E + w * A_S
 
 norm is ``mean_std_norm`` ((x - mean) / (std + eps), unbiased std as verl's GRPO and 3SPO's Eq.4) or ``mean_norm``
-(x - mean); singleton groups give 0 (verl-agent would pass the raw value through) and padding rows never join a
+(x - mean); singleton groups give 0 (as verl-agent's step-level normalisation does: its singleton mean is the row's
+own value; verl's GRPO would pass a singleton's score through) and padding rows never join a
 group, a trajectory or a return (threespo_verl.algos.grouping). A trajectory is keyed by (task_id, traj_id) and an
 anchor group by (task_id, state_key): the same state key in two tasks is two groups.
 """

@@ -8,8 +8,10 @@ For rows i with group g(i) and a validity mask (padding rows are invalid):
     "mean_std": A_i = (x_i - mean_g) / (std_g + eps)
     "mean":     A_i =  x_i - mean_g
 
-Groups with a single valid row get A = 0 (there is nothing to compare with; verl's GRPO does the same, verl-agent's
-GiGPO would return the raw value); invalid rows get A = 0 and are excluded from every group's statistics. A group
+Groups with a single valid row get A = 0 (there is nothing to compare with; verl-agent's GiGPO step-level
+normalisation does the same, its singleton mean being the row's own value, while verl 0.9.1's GRPO uses mean 0 and
+std 1 for a singleton and so passes its score through); invalid rows get A = 0 and are excluded from every group's
+statistics. A group
 whose values are all equal gets A = 0 in both norms (never nan, also with eps = 0).
 
 Group labels can be anything ``np.unique`` sorts (ints, strings, object arrays of str); composite labels such as

@@ -88,6 +88,8 @@ class MetricsMixin:
             "explore/cumulative_llm_calls": self.counters["llm_calls"],
             "explore/trees_finished": self.counters["trees_finished"],
         }
+        if acc.get("old_log_prob_s"):  # the old-log-prob passes over each round's rows, at sampling time
+            out["timing_s/round_old_log_prob"] = float(sum(acc["old_log_prob_s"]))
         waits = [w for r in acc.get("row_wait_rounds", []) for w in r]
         if waits:  # rounds between a row's sampling and its update (its old log-probs are of sampling time)
             out["explore/row_wait_rounds"] = float(np.mean(waits))

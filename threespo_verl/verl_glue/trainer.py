@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 
 import transfer_queue as tq
@@ -207,13 +208,14 @@ class ThreeSPOTrainer(RoundsMixin, RewardsMixin, MiniBatchMixin, MetricsMixin, C
         that sampled them. In bypass mode the rollout's log-probs serve (they are of sampling time already)."""
         if not len(rows) or self._bypass_mode():
             return
+        t0 = time.perf_counter()
         padded = upsample_batch_to_divisible_size(rows, actor_dp_size(self), self.tokenizer.eos_token_id)
         m: dict = {}
         super()._compute_old_log_prob(padded, m)
         pads = [k for k, t in zip(padded.keys, padded.tags) if is_padding(t)]
         if pads:
             tq.kv_clear(keys=pads, partition_id=padded.partition_id)
-        acc["old_log_prob_rows"].append(len(rows))
+        acc["old_log_prob_s"].append(time.perf_counter() - t0)
 
     def _env_step_schedule(self) -> tuple[bool, bool]:
         """(validate, stop) after this step's update, from the run's cumulative env steps (``schedule``)."""
