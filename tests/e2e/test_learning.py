@@ -67,5 +67,5 @@ def test_training_raises_held_out_success(algo, bc_model, tmp_path):
     print(f"{algo}: held-out success {initial:.3f} -> {final:.3f} (mutation: {mutation})")
     assert initial <= 0.45, f"the warm start should leave room to learn, got {initial:.2f}"
     assert final >= FLOOR and final - initial >= GAIN, (
-        f"{algo}: held-out success {initial:.2f} -> {final:.2f} after {STEPS} updates; expected a gain "
-        f"of at least {GAIN} to at least {FLOOR}")
+        f"{algo}: held-out success {initial:.2f} -> {final:.2f} at the {STEPS}-GRPO-step env-step budget; expected a "
+        f"gain of at least {GAIN} to at least {FLOOR}")
