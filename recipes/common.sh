@@ -7,8 +7,8 @@
 # KL loss 0.01 (low_var_kl); validation at T=0.4; the same env-step budget per task for every algorithm (3SPO's tree
 # budget g_max x H = GRPO's rollout.n episodes of at most H steps); and what keeps the algorithms comparable
 # (DESIGN §2 item 8, comparable_overrides below, the CPU shell included): the same outcome, the same invalid-action
-# penalty on every algorithm's step rows, the same rows per optimizer step, and runs that end on
-# trainer.total_training_steps.
+# penalty on every algorithm's step rows, one optimizer step per the same number of env steps, and runs that end on
+# an env-step budget (trainer.total_env_steps) with validations at the same env-step checkpoints.
 #
 # THREESPO_RECIPE_PRINT=1 prints the final override list (one per line) instead of launching: the recipe
 # composition test (tests/unit/test_recipes.py) reads it and composes the config with Hydra.
@@ -16,27 +16,28 @@ set -euo pipefail
 
 GROUP=8
 TASKS=16
-# rows per optimizer step (algorithm.mini_batch_rows), every algorithm: an update of R rows takes ceil(R / 256)
-# optimizer steps, so GRPO's long episode batches and 3SPO's per-round updates pay for their rows alike
-MINI_BATCH_ROWS=256
+# one optimizer step per this many env steps, every algorithm, at least one per update (DESIGN §2.8): a GRPO step of
+# 16 x 8 episodes takes about as many steps as with 256-row mini-batches; 3SPO's per-round updates and PPO's
+# one-row-per-episode updates get the optimizer steps their env steps warrant
+ENV_STEPS_PER_OPTIMIZER_STEP=256
 # verl's epoch cap, set far above any run. verl 0.9's loop (trainer/ppo/v1/trainer_base.py, fit) also stops once
-# trainer.total_epochs x steps-per-epoch steps have run, steps-per-epoch = train split size // data.train_batch_size,
-# whatever trainer.total_training_steps says; a run cut there gets neither its final validation nor its final
-# checkpoint (only the step that reaches total_training_steps is "the last step"). 3SPO with the paper's timing counts
-# one expansion round as a step: ALFWorld's 3,553 games // 16 = 222 steps per epoch x verl's default 30 epochs =
-# round 6,660 of 7,500. With
-# this cap total_training_steps alone ends every run (tests/unit/test_recipes.py checks each shell against its split).
+# trainer.total_epochs x steps-per-epoch updates have run, steps-per-epoch = train split size // data.train_batch_size,
+# whatever the budget says; a run cut there gets neither its final validation nor its final checkpoint. Post-step
+# 3SPO makes an update per expansion round or so: ALFWorld's 3,553 games // 16 = 222 updates per epoch x verl's
+# default 30 epochs would end a 3SPO run at update 6,660. With this cap the env-step budget alone ends every run
+# (tests/unit/test_recipes.py checks each shell against its split).
 EPOCHS=1000000
 
-comparable_overrides() {  # <rows per optimizer step>: DESIGN §2 item 8, for every algorithm and every recipe
-  echo "env.outcome=won env.invalid_action_penalty=0.1 algorithm.mini_batch_rows=$1 trainer.total_epochs=${EPOCHS}"
+comparable_overrides() {  # <env steps per optimizer step>: DESIGN §2 item 8, for every algorithm and every recipe
+  echo "env.outcome=won env.invalid_action_penalty=0.1 algorithm.env_steps_per_optimizer_step=$1" \
+    "trainer.total_epochs=${EPOCHS}"
 }
 
 _env_protocol() {
   case "$1" in
-    alfworld) H=50; echo "env=alfworld env.max_steps=50 env.history_length=2 env.eval_panel=valid_seen" ;;
-    webshop) H=15; echo "env=webshop env.max_steps=15 env.history_length=2" ;;
-    household) H=30; echo "env=household env.max_steps=30 env.history_length=2" ;;
+    alfworld) H=50; MIN_ROWS=512; echo "env=alfworld env.max_steps=50 env.history_length=2 env.eval_panel=valid_seen" ;;
+    webshop) H=15; MIN_ROWS=256; echo "env=webshop env.max_steps=15 env.history_length=2" ;;
+    household) H=30; MIN_ROWS=64; echo "env=household env.max_steps=30 env.history_length=2" ;;
     *) echo "recipes: unknown env '$1' (alfworld | webshop | household)" >&2; return 2 ;;
   esac
 }
@@ -49,16 +50,19 @@ _model() {
   esac
 }
 
-# one training step: GRPO/GiGPO play rollout.n whole episodes per task; 3SPO (update_mode=post_trajectory, the
-# default) explores its batch's trees to the end, at most g_max x H env steps per task: the same steps for the same
-# env-step budget (TRAIN_STEPS). For the paper's timing (one update per expansion round, about g_max env steps per
-# task) append  algorithm.threespo.update_mode=post_step algorithm.threespo.reward_stats=round  and multiply
-# trainer.total_training_steps / test_freq / save_freq by H (DESIGN §2.7).
-_algorithm() {
-  local steps=${TRAIN_STEPS:-150} test_freq=${TEST_FREQ:-5}
+# The run's length in env steps (DESIGN §2.8): TRAIN_STEPS GRPO steps of TASKS x GROUP episodes of at most H steps
+# (ENV_STEPS overrides it), validated every TEST_FREQ of them (trainer.val_every_env_steps), the same checkpoints for
+# every algorithm; trainer.total_training_steps is only a cap. 3SPO (update_mode=post_step, the default) updates
+# after every expansion round that released at least MIN_UPDATE_ROWS rows (ALFWorld 512, WebShop 256: an update's
+# fixed cost, weight sync included, stays a few percent of it, docs/gpu_scale.md), so it makes many more, smaller
+# updates than GRPO for the same env steps; its checkpoints are counted in updates, about H per GRPO step.
+_algorithm() {  # <algorithm> <min update rows>
+  local steps=${TRAIN_STEPS:-150} test_freq=${TEST_FREQ:-5} unit=$((TASKS * GROUP * H))
+  local budget=${ENV_STEPS:-$((steps * unit))}
+  local run="trainer.total_env_steps=${budget} trainer.val_every_env_steps=$((test_freq * unit)) trainer.test_freq=-1"
   case "$1" in
-    3spo) echo "algorithm=3spo algorithm.threespo.g_max=${GROUP} algorithm.threespo.env_step_budget=null actor_rollout_ref.rollout.n=1 trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
-    grpo | gigpo | spa | ppo | spa_ppo) echo "algorithm=$1 actor_rollout_ref.rollout.n=${GROUP} trainer.total_training_steps=${steps} trainer.test_freq=${test_freq} trainer.save_freq=$((test_freq * 2))" ;;
+    3spo) echo "algorithm=3spo algorithm.threespo.g_max=${GROUP} algorithm.threespo.env_step_budget=null actor_rollout_ref.rollout.n=1 algorithm.threespo.min_update_rows=${MIN_UPDATE_ROWS:-$2} ${run} trainer.total_training_steps=$((steps * H * 4)) trainer.save_freq=$((test_freq * 2 * H))" ;;
+    grpo | gigpo | spa | ppo | spa_ppo) echo "algorithm=$1 actor_rollout_ref.rollout.n=${GROUP} ${run} trainer.total_training_steps=$((steps * 4)) trainer.save_freq=$((test_freq * 2))" ;;
     *) echo "recipes: unknown algorithm '$1' (3spo | grpo | gigpo | spa | ppo | spa_ppo)" >&2; return 2 ;;
   esac
 }
@@ -96,8 +100,9 @@ protocol_overrides() {  # <env> <algorithm> <size>
   env_args=$(_env_protocol "$1") || return 2
   _env_protocol "$1" >/dev/null  # sets H in this shell (command substitution runs in a subshell)
   model_args=$(_model "$3") || return 2
-  algo_args=$(_algorithm "$2") || return 2
-  echo "$env_args $algo_args $(comparable_overrides "$MINI_BATCH_ROWS") $model_args data.train_batch_size=${TASKS}" \
+  algo_args=$(_algorithm "$2" "$MIN_ROWS") || return 2
+  echo "$env_args $algo_args $(comparable_overrides "$ENV_STEPS_PER_OPTIMIZER_STEP") $model_args" \
+    "data.train_batch_size=${TASKS}" \
     "data.max_prompt_length=4096" \
     "data.max_response_length=512 env.reasoning=true actor_rollout_ref.actor.optim.lr=1e-6" \
     "actor_rollout_ref.actor.use_kl_loss=true actor_rollout_ref.actor.kl_loss_coef=0.01" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # alfworld x 3spo x Qwen2.5-7B-Instruct on 8 GPUs, the published GiGPO/3SPO protocol (recipes/common.sh).
 # Data first: threespo-verl setup alfworld. Any Hydra override appended here wins, e.g.
-#   bash recipes/alfworld/3spo_qwen2.5-7b.sh trainer.total_training_steps=10
+#   ENV_STEPS=20000 bash recipes/alfworld/3spo_qwen2.5-7b.sh
 #   MODEL_PATH=/models/qwen bash recipes/alfworld/3spo_qwen2.5-7b.sh   (MODEL_PATH, N_GPUS, NNODES: environment)
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"

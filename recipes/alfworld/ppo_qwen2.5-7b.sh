@@ -3,7 +3,7 @@
 # of the GiGPO/3SPO papers), on the published protocol (recipes/common.sh). One row per episode (observation turns
 # masked), the critic as verl-agent's PPO baseline plus a warm-up; gamma = lambda = 1 per step (algorithm/ppo.yaml).
 # Data first: threespo-verl setup alfworld. Any Hydra override appended here wins, e.g.
-#   bash recipes/alfworld/ppo_qwen2.5-7b.sh trainer.total_training_steps=10 algorithm.gamma=0.99 algorithm.lam=0.95
+#   ENV_STEPS=20000 bash recipes/alfworld/ppo_qwen2.5-7b.sh algorithm.gamma=0.99 algorithm.lam=0.95
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 run_recipe alfworld ppo 7b "$@"

@@ -5,7 +5,7 @@
 # (r_t = c_t + 0.5 g'_t - 0.1 1{invalid} at each action turn, a critic, per-step GAE 0.99/0.95).
 # SPA_ALGO=spa runs the critic-free variant instead. Work files in SPA_WORK (default runs/spa-alfworld-7b); every
 # stage resumes. Data first: threespo-verl setup alfworld.
-#   bash recipes/alfworld/spa_qwen2.5-7b.sh trainer.total_training_steps=10
+#   ENV_STEPS=20000 bash recipes/alfworld/spa_qwen2.5-7b.sh
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 run_spa_recipe alfworld 7b "$@"

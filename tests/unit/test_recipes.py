@@ -80,10 +80,12 @@ def test_recipe_composes_and_follows_the_protocol(shell):
     assert cfg.algorithm.name in ("3spo", "grpo", "gigpo", "spa", "ppo", "spa_ppo")
     critic_based = cfg.algorithm.name in ("ppo", "spa_ppo")
     assert cfg.algorithm.adv_estimator == ("turn_gae" if critic_based else cfg.algorithm.name)
-    # DESIGN §2 item 8, every shell: the same outcome and invalid-action penalty for every algorithm, mini-batches of
-    # a fixed number of rows, and a run that ends on total_training_steps (with its final validation and checkpoint)
+    # DESIGN §2 item 8, every shell: the same outcome and invalid-action penalty for every algorithm, one optimizer
+    # step per the same number of env steps, and a run that ends on its env-step budget, validated at env-step
+    # checkpoints (total_training_steps a cap that verl's epoch cap never undercuts)
     assert cfg.env.outcome == "won" and cfg.env.invalid_action_penalty == 0.1
-    assert cfg.algorithm.mini_batch_rows == (16 if shell.startswith("recipes/cpu/") else 256)
+    assert cfg.algorithm.env_steps_per_optimizer_step == (16 if shell.startswith("recipes/cpu/") else 256)
+    assert t.total_env_steps and t.val_every_env_steps and t.test_freq == -1
     assert t.total_training_steps is not None
     assert verl_steps_before_epoch_cap(cfg) >= t.total_training_steps
     if shell.startswith("recipes/cpu/"):
@@ -132,16 +134,18 @@ def test_recipe_composes_and_follows_the_protocol(shell):
         assert cfg.algorithm.spa.grounding_guard == "normalized"  # the guard that cannot be farmed (DESIGN §3)
 
 
-def test_three_spo_gets_the_steps_of_grpo_for_the_same_env_steps():
-    # post_trajectory (the default): a 3SPO step explores its batch's trees to the end (<= g_max x H env steps per
-    # task), as a GRPO step plays rollout.n episodes of <= H steps
-    for env in ("alfworld", "webshop"):
+def test_three_spo_gets_the_env_steps_and_checkpoints_of_grpo():
+    # post_step (the default): an update after every round that released >= min_update_rows rows; the run's length
+    # and its validations are in env steps, the same as GRPO's: TRAIN_STEPS x 16 tasks x 8 episodes x H
+    for env, min_rows in (("alfworld", 512), ("webshop", 256)):
         c3 = compose_recipe(recipe_args(f"recipes/{env}/3spo_qwen2.5-1.5b.sh"))
         cg = compose_recipe(recipe_args(f"recipes/{env}/grpo_qwen2.5-1.5b.sh"))
-        assert c3.algorithm.threespo.update_mode == "post_trajectory"
-        assert c3.algorithm.threespo.reward_stats == "update"
-        assert c3.trainer.total_training_steps == cg.trainer.total_training_steps
-        assert c3.trainer.test_freq == cg.trainer.test_freq
+        t = c3.algorithm.threespo
+        assert (t.update_mode, t.reward_stats, t.min_update_rows) == ("post_step", "update", min_rows)
+        assert c3.trainer.total_env_steps == cg.trainer.total_env_steps == 150 * 16 * 8 * H[env]
+        assert c3.trainer.val_every_env_steps == cg.trainer.val_every_env_steps == 5 * 16 * 8 * H[env]
+        # the update cap leaves room for ~H updates per GRPO-step equivalent
+        assert c3.trainer.total_training_steps >= 150 * H[env] and cg.trainer.total_training_steps >= 150
 
 
 def test_every_shell_of_an_env_shares_outcome_penalty_and_mini_batch_rows():
@@ -149,24 +153,27 @@ def test_every_shell_of_an_env_shares_outcome_penalty_and_mini_batch_rows():
     seen = defaultdict(set)
     for shell in SHELLS:
         cfg = compose_recipe(recipe_args(shell))
-        seen[cfg.env.name].add((cfg.env.outcome, cfg.env.invalid_action_penalty, cfg.algorithm.mini_batch_rows))
+        seen[cfg.env.name].add((cfg.env.outcome, cfg.env.invalid_action_penalty,
+                                cfg.algorithm.env_steps_per_optimizer_step))
     assert set(seen) == {"alfworld", "webshop", "household"}
     assert all(len(v) == 1 for v in seen.values()), dict(seen)
 
 
 @pytest.mark.parametrize("steps", ["1000", "20000"])
-def test_longer_runs_still_end_on_total_training_steps(steps):
-    """TRAIN_STEPS scales every recipe's length; the epoch cap stays out of the way (3SPO: TRAIN_STEPS x H rounds)."""
-    for shell in ("recipes/alfworld/3spo_qwen2.5-7b.sh", "recipes/webshop/grpo_qwen2.5-1.5b.sh"):
+def test_longer_runs_still_end_on_their_env_step_budget(steps):
+    """TRAIN_STEPS scales every recipe's env-step budget; neither the update cap nor verl's epoch cap comes first."""
+    for shell, h in (("recipes/alfworld/3spo_qwen2.5-7b.sh", 50), ("recipes/webshop/grpo_qwen2.5-1.5b.sh", 15)):
         cfg = compose_recipe(recipe_args(shell, TRAIN_STEPS=steps))
+        assert cfg.trainer.total_env_steps == int(steps) * 16 * 8 * h
         assert verl_steps_before_epoch_cap(cfg) >= cfg.trainer.total_training_steps >= int(steps)
 
 
 def test_user_overrides_and_env_vars_win():
-    args = recipe_args("recipes/alfworld/grpo_qwen2.5-7b.sh", "trainer.total_training_steps=3",
-                       MODEL_PATH="/models/q7", N_GPUS="4")
+    args = recipe_args("recipes/alfworld/grpo_qwen2.5-7b.sh", "trainer.total_env_steps=3000",
+                       MODEL_PATH="/models/q7", N_GPUS="4", MIN_UPDATE_ROWS="64")
     cfg = compose_recipe(args)
-    assert cfg.trainer.total_training_steps == 3
+    assert cfg.trainer.total_env_steps == 3000
+    assert compose_recipe(recipe_args("recipes/alfworld/3spo_qwen2.5-1.5b.sh", MIN_UPDATE_ROWS="64")).algorithm.threespo.min_update_rows == 64
     assert cfg.actor_rollout_ref.model.path == "/models/q7" and cfg.trainer.n_gpus_per_node == 4
 
 
