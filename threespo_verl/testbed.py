@@ -95,7 +95,7 @@ MICRO_BATCH_TOKENS = {"tiny-qwen2-bc": 4096, "other": PROMPT_TOKENS + REPLY_TOKE
 #: ``easy``: household look-at-the-object-under-the-lamp tasks with a three-command plan (the demo's and the
 #: learning test's testbed)
 EASY = Testbed(name="easy", env=ENV, model="tiny-qwen2-bc", prompt_tokens=PROMPT_TOKENS, reply_tokens=REPLY_TOKENS,
-               micro_batch_tokens=MICRO_BATCH_TOKENS["tiny-qwen2-bc"], panel_tasks=32,
+               micro_batch_tokens=MICRO_BATCH_TOKENS["tiny-qwen2-bc"], panel_tasks=128,
                description="household easy_train -> easy_test (look goals, 3-command plans, H = 5), tiny-qwen2-bc")
 
 #: every testbed by name

@@ -16,7 +16,7 @@ from threespo_verl.envs.panels import panel
 def test_easy_splits_are_fixed_short_look_tasks_and_disjoint():
     env = make("household")
     train, test = env.tasks("easy_train"), env.tasks("easy_test")
-    assert (len(train), len(test)) == (512, 32)
+    assert (len(train), len(test)) == (512, 128)
     assert not {t.task_id for t in train} & {t.task_id for t in test}
     for t in [*train[:64], *test]:
         plan = env.oracle_actions(t)

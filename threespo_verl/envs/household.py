@@ -48,7 +48,7 @@ GOAL_OBJECTS = {
     "look": ("book", "cd", "pen", "vase", "mug", "bowl"),
     "pick2": OBJECT_TYPES,
 }
-SPLITS = {"train": 10_000, "test": 64, "easy_train": 512, "easy_test": 32}
+SPLITS = {"train": 10_000, "test": 64, "easy_train": 512, "easy_test": 128}
 #: easy splits: tasks of their own id namespace kept when the oracle plan has at most this many commands
 EASY_SPLITS = ("easy_train", "easy_test")
 EASY_MAX_PLAN = 3
